@@ -1,0 +1,290 @@
+"""Backend benchmark: PyTorch vs ONNX Runtime per stage (CPU, tiny preset), GPU at official size.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_backends.py --quick      # tiny CPU run
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_backends.py              # CPU table
+    .venv/bin/python benchmarks/bench_backends.py --device cuda                 # + GPU section
+
+CPU section (every run): the tiny preset (random weights, fp32), one query of --frames frames
+at --height x --width; stages vision_encoder (Qwen ViT + merger), spatial_encoder (VGGT
+aggregator), connector (packed spatial tokens -> LLM width), prefill (all encoders + connector +
+one LLM pass over the prompt), and decode tokens/s over --new-tokens greedy tokens (the LLM runs
+in PyTorch for both backends, so decode is measured once, not as a ratio). Median of --repeats after
+one warm-up. ratio = torch_ms / onnxruntime_ms (> 1: ONNX Runtime faster). The official-size
+FLOPs of a 16-frame query (counted with torch's FlopCounterMode on the meta device) and their
+compute floors on H100/H200 are added on paper. Writes benchmarks/results/backends_cpu.json.
+
+GPU section (--device cuda, only when CUDA exists): official sizes, random weights, bf16:
+spatial encoder on 16 frames (336x518 as the published VGGT timings, and 476x644), full 16-frame
+prefill, decode tokens/s (eager DynamicCache; StaticCache + torch.compile), peak memory, each
+against its floor (FLOPs / peak bf16, or weight bytes / HBM bandwidth for decode), and the
+reference sampling pass (VGGT with heads on 128 candidates) vs our incremental pick
+(VoxelIndex.select over 128 cached frames). Writes benchmarks/results/backends_gpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engines.export import export_all  # noqa: E402
+from engines.export_modules import (SpatialEncoderExport, SpatialGeometryExport,  # noqa: E402
+                                    VisionEncoderExport)
+from engines.model_factory import build_model  # noqa: E402
+from ros2_spatial_mllm.backends import get_backend  # noqa: E402
+from ros2_spatial_mllm.backends.llm import GenerationSettings, LLMDecoder  # noqa: E402
+
+# dense bf16 tensor-core peak (TFLOP/s) and HBM bandwidth (TB/s), vendor datasheets
+GPU_PEAKS = {"H200": (989.4, 4.8), "H100 PCIe": (756.0, 2.0), "H100": (989.4, 3.35),
+             "A100": (312.0, 2.0)}
+
+
+def timed(fn: Callable, repeats: int, sync: Callable = lambda: None) -> float:
+    """Median wall time (ms) of fn() over `repeats` runs after one warm-up."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def prompt_ids(model, num_video_tokens: int, device) -> torch.Tensor:
+    cfg = model.config
+    ids = [20, 21, 22, cfg.vision_start_token_id] + [cfg.video_token_id] * num_video_tokens
+    ids += [cfg.vision_end_token_id] + list(range(30, 60))  # ~35 text tokens, like a question
+    return torch.tensor([ids], device=device)
+
+
+def stage_times(backend, decoder: LLMDecoder, frames, repeats: int,
+                sync=lambda: None) -> dict:
+    """ms per stage for one backend."""
+    height, width = frames.shape[3:]
+    grid = torch.tensor([[frames.shape[1] // 2, height // 14, width // 14]], device=frames.device)
+    packed = backend.pack(backend.spatial_encoder(frames), height, width)
+    fused = backend.fuse_video(frames)
+    ids = prompt_ids(decoder.model, fused.shape[0], frames.device)
+    settings = GenerationSettings(max_new_tokens=1)
+
+    def prefill():
+        decoder.generate(ids, backend.fuse_video(frames), grid, settings)
+
+    out = {"vision_encoder_ms": timed(lambda: backend.vision_encoder(frames), repeats, sync),
+           "spatial_encoder_ms": timed(lambda: backend.spatial_encoder(frames), repeats, sync),
+           "connector_ms": timed(lambda: backend.connector(packed), repeats, sync),
+           "prefill_ms": timed(prefill, repeats, sync)}
+    out["prompt_tokens"] = int(ids.shape[1])
+    return out
+
+
+def decode_rate(backend, decoder: LLMDecoder, frames, runs: int, new_tokens: int) -> dict:
+    """Greedy decode tokens/s after a prefill (median over runs; first run is a warm-up)."""
+    height, width = frames.shape[3:]
+    grid = torch.tensor([[frames.shape[1] // 2, height // 14, width // 14]], device=frames.device)
+    fused = backend.fuse_video(frames)
+    ids = prompt_ids(decoder.model, fused.shape[0], frames.device)
+    results = [decoder.generate(ids, fused, grid, GenerationSettings(max_new_tokens=new_tokens))
+               for _ in range(runs + 1)]
+    return {"tokens_per_s": round(statistics.median(r.decode_tokens_per_s for r in results[1:]), 1),
+            "new_tokens": new_tokens, "runs": runs}
+
+
+def count_flops(fn: Callable) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def official_flops(frames: int, height: int, width: int, text_tokens: int = 36) -> dict:
+    """FLOPs of the official-size stages of one query (meta device: nothing is allocated)."""
+    model = build_model("official", device="meta", dtype=torch.bfloat16)
+    x = torch.empty(1, frames, 3, height, width, device="meta", dtype=torch.bfloat16)
+    tokens = frames // 2 * (height // 28) * (width // 28)
+    flops = {"spatial_encoder": count_flops(lambda: SpatialEncoderExport(model.spatial_encoder)(x)),
+             "vision_encoder": count_flops(lambda: VisionEncoderExport(model.model.visual)(x))}
+    c = model.connector
+    packed = torch.empty(tokens, c.merged_dim, device="meta", dtype=torch.bfloat16)
+    flops["connector"] = count_flops(lambda: c.mlp(c.ln_q(packed)))
+    length = tokens + text_tokens
+    embeds = torch.empty(1, length, model.config.text_config.hidden_size, device="meta",
+                         dtype=torch.bfloat16)
+    pos = torch.arange(length, device="meta").view(1, 1, -1).expand(3, 1, -1)
+    flops["llm_prefill"] = count_flops(lambda: model.lm_head(model.model.language_model(
+        inputs_embeds=embeds, position_ids=pos, use_cache=False).last_hidden_state[:, -1:]))
+    flops["prefill_total"] = sum(flops.values())
+    llm_params = sum(p.numel() for p in model.model.language_model.parameters())
+    return {"frames": frames, "height": height, "width": width, "video_tokens": tokens,
+            "flops": flops, "llm_params": llm_params}
+
+
+def cpu_section(args) -> dict:
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    frames = torch.rand(1, args.frames, 3, args.height, args.width)
+    result = {"machine": machine_info("cpu"), "preset": "tiny", "dtype": "fp32",
+              "frames": args.frames, "height": args.height, "width": args.width,
+              "repeats": args.repeats, "new_tokens": args.new_tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        export_all(model, tmp, preset="tiny")
+        result["export_s"] = round(time.perf_counter() - t0, 2)
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
+        backends = {"torch": get_backend("torch", model),
+                    "onnxruntime": get_backend("onnxruntime", model, onnx_dir=tmp,
+                                               intra_op_threads=threads)}
+        decoder = LLMDecoder(model)
+        stages = {name: stage_times(b, decoder, frames, args.repeats)
+                  for name, b in backends.items()}
+        result["decode_pytorch_llm"] = decode_rate(backends["torch"], decoder, frames,
+                                                   args.repeats, args.new_tokens)
+    result["stages"] = stages
+    result["ratio_torch_over_onnxruntime"] = {
+        k: round(stages["torch"][k] / stages["onnxruntime"][k], 3)
+        for k in stages["torch"] if k.endswith("_ms")}
+    result["note"] = ("decode runs the PyTorch LLM for both backends (the LLM is not exported), "
+                      "so it is measured once: decode_pytorch_llm")
+    if not args.quick:
+        paper = official_flops(16, 476, 644)
+        paper["floor_ms"] = {gpu: {k: round(v / (peak * 1e12) * 1000, 2)
+                                   for k, v in paper["flops"].items()}
+                             for gpu, (peak, _) in GPU_PEAKS.items() if gpu in ("H100", "H200")}
+        result["official_16_frame_query_on_paper"] = paper
+    return result
+
+
+def gpu_section(args) -> dict:
+    dev = torch.device("cuda")
+    sync = torch.cuda.synchronize
+    name = torch.cuda.get_device_name()
+    peak, bandwidth = next((v for k, v in GPU_PEAKS.items() if k in name), (None, None))
+    model = build_model("official", device=dev, dtype=torch.bfloat16)
+    backend = get_backend("torch", model)
+    out = {"machine": machine_info("cuda"), "gpu": name, "peak_bf16_tflops": peak,
+           "hbm_tb_per_s": bandwidth, "preset": "official (random weights)", "dtype": "bf16"}
+
+    def measure(label, fn, flops=None):
+        torch.cuda.reset_peak_memory_stats()
+        ms = timed(fn, args.repeats, sync)
+        entry = {"ms": round(ms, 2), "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2)}
+        if flops and peak:
+            entry.update(tflop=round(flops / 1e12, 2), floor_ms=round(flops / (peak * 1e12) * 1e3, 2))
+            entry["x_floor"] = round(ms / entry["floor_ms"], 2)
+        out[label] = entry
+        print(label, entry, flush=True)
+
+    with torch.inference_mode():
+        for h, w in ((336, 518), (476, 644)):
+            x = torch.rand(1, 16, 3, h, w, device=dev, dtype=torch.bfloat16)
+            paper = count_flops_meta_spatial(16, h, w)
+            measure(f"spatial_encoder_16f_{h}x{w}", lambda: backend.spatial_encoder(x), paper)
+        paper = official_flops(16, 476, 644)
+        out["flops_16f_476x644"] = paper["flops"]
+        x = torch.rand(1, 16, 3, 476, 644, device=dev, dtype=torch.bfloat16)
+        grid = torch.tensor([[8, 34, 46]], device=dev)
+        fused = backend.fuse_video(x)
+        ids = prompt_ids(model, fused.shape[0], dev)
+        decoder = LLMDecoder(model)
+        measure("prefill_16f_476x644", lambda: decoder.generate(
+            ids, backend.fuse_video(x), grid, GenerationSettings(max_new_tokens=1)),
+            paper["flops"]["prefill_total"])
+        weight_bytes = 2 * paper["llm_params"]
+        for label, dec in (("decode_eager", decoder),
+                           ("decode_static_compiled", LLMDecoder(model, static_cache=True,
+                                                                 compile_decode=True,
+                                                                 max_cache_len=ids.shape[1] + 160))):
+            runs = [dec.generate(ids, fused, grid, GenerationSettings(max_new_tokens=128))
+                    for _ in range(3)]
+            tps = runs[-1].decode_tokens_per_s
+            out[label] = {"tokens_per_s": round(tps, 1),
+                          "bandwidth_ceiling_tokens_per_s": round(bandwidth * 1e12 / weight_bytes, 1)
+                          if bandwidth else None}
+            print(label, out[label], flush=True)
+        candidates = torch.rand(1, 128, 3, 392, 518, device=dev, dtype=torch.bfloat16)
+        measure("reference_sampling_128f_392x518",
+                lambda: SpatialGeometryExport(model.spatial_encoder)(candidates))
+    out["incremental_pick_ms"] = incremental_pick_ms(args.repeats)
+    out["sampling_speedup"] = round(out["reference_sampling_128f_392x518"]["ms"]
+                                    / out["incremental_pick_ms"], 1)
+    return out
+
+
+def count_flops_meta_spatial(frames: int, height: int, width: int) -> int:
+    model = build_model("official", device="meta", dtype=torch.bfloat16)
+    x = torch.empty(1, frames, 3, height, width, device="meta", dtype=torch.bfloat16)
+    return count_flops(lambda: SpatialEncoderExport(model.spatial_encoder)(x))
+
+
+def incremental_pick_ms(repeats: int) -> float:
+    """Our query-time cost: greedy max-coverage over 128 frames whose voxels are cached."""
+    from ros2_spatial_mllm.sampling.sources import frame_voxels_from_depth
+    from ros2_spatial_mllm.sampling.space_aware import VoxelIndex
+    from ros2_spatial_mllm.sampling.synthetic import room_scan
+
+    depth, intrinsics, world_from_camera, _ = room_scan(128, height=392, width=518)
+    index = VoxelIndex()
+    for i in range(128):
+        index.add(i, frame_voxels_from_depth(depth[i], intrinsics, world_from_camera[i]))
+    return round(timed(lambda: index.select(16), repeats), 3)
+
+
+def machine_info(device: str) -> dict:
+    import onnxruntime
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch_threads": torch.get_num_threads()}
+    if device == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda adds the official-size GPU section (needs a CUDA GPU)")
+    p.add_argument("--quick", action="store_true", help="2 repeats, 4 frames, no FLOP count")
+    p.add_argument("--frames", type=int, default=8, help="frames per query (even)")
+    p.add_argument("--height", type=int, default=224, help="frame height (multiple of 28)")
+    p.add_argument("--width", type=int, default=308, help="frame width (multiple of 28)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per stage (median)")
+    p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens for tokens/s")
+    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"),
+                   help="folder for backends_cpu.json / backends_gpu.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.frames, args.new_tokens = 2, 4, 8
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_section(args)
+    (out_dir / "backends_cpu.json").write_text(json.dumps(cpu, indent=2))
+    print(json.dumps({"stages": cpu["stages"], "ratio": cpu["ratio_torch_over_onnxruntime"],
+                      "decode": cpu["decode_pytorch_llm"]}, indent=2))
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("bench_backends: --device cuda but no CUDA device; GPU section skipped",
+                  file=sys.stderr)
+            return 1
+        gpu = gpu_section(args)
+        (out_dir / "backends_gpu.json").write_text(json.dumps(gpu, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""LLM path: prefill with the fused visual tokens, KV cache, greedy / sampled streaming decode.
+
+    decoder = LLMDecoder(model)                                   # eager, DynamicCache
+    decoder = LLMDecoder(model, static_cache=True, compile_decode=True)   # GPU: StaticCache +
+                                        # torch.compile(mode="reduce-overhead") => CUDA graphs
+    out = decoder.generate(input_ids [1, L], fused_video [N, hidden], video_grid_thw [1, 3],
+                           GenerationSettings(max_new_tokens=32), on_token=print_piece)
+
+Prefill: token embeddings with the fused video tokens scattered into the <|video_pad|> slots,
+Qwen2.5-VL's 3D (t, h, w) RoPE positions from get_rope_index, one language-model pass filling
+the cache, logits of the last position only. Decode: one token per step at position
+(cache length + rope delta), no encoder runs. `on_token(token_id)` streams every new token;
+`should_stop()` is polled between steps (cancel). The spatial encoder never runs here.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options. do_sample=False is greedy; temperature/top_k/top_p apply when sampling."""
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+    eos_token_ids: Sequence[int] = ()
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list = field(default_factory=list)
+    finish_reason: str = "length"  # eos | length | cancelled
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    prompt_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = max(len(self.token_ids) - 1, 0)  # the first token comes from the prefill
+        return steps / (self.decode_ms / 1000.0) if self.decode_ms > 0 and steps else 0.0
+
+
+def select_next_token(logits: torch.Tensor, settings: GenerationSettings,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B] (argmax, or temperature / top-k / top-p sampling)."""
+    if not settings.do_sample or settings.temperature <= 0:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / settings.temperature
+    if settings.top_k and settings.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, settings.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if settings.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        probs = sorted_scores.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > settings.top_p  # keep the smallest nucleus
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class LLMDecoder:
+    """Prefill + incremental decode over a SpatialMLLMForConditionalGeneration's language model."""
+
+    def __init__(self, model: Any, static_cache: bool = False, compile_decode: bool = False,
+                 max_cache_len: int = 8192):
+        self.model = model
+        self.config = model.config
+        self.static_cache = static_cache
+        self.max_cache_len = int(max_cache_len)
+        self.language_model = model.model.language_model
+        self.embed = model.get_input_embeddings()
+        self._step = self._decode_step
+        if compile_decode:
+            if not torch.cuda.is_available():
+                raise RuntimeError("compile_decode needs CUDA (CUDA graphs via torch.compile)")
+            if not static_cache:
+                raise ValueError("compile_decode needs static_cache=True (fixed shapes)")
+            self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache, StaticCache
+
+        text = self.config.get_text_config(decoder=True)
+        if self.static_cache:
+            return StaticCache(config=text, max_cache_len=self.max_cache_len)
+        return DynamicCache(config=text)
+
+    def prompt_embeddings(self, input_ids: torch.Tensor,
+                          fused_video: Optional[torch.Tensor]) -> torch.Tensor:
+        """input_ids [B, L] -> [B, L, hidden] with fused video tokens in the video slots."""
+        embeds = self.embed(input_ids)
+        if fused_video is None:
+            return embeds
+        slots = input_ids == self.config.video_token_id
+        if int(slots.sum()) != fused_video.shape[0]:
+            raise ValueError(f"{int(slots.sum())} video placeholder tokens but "
+                             f"{fused_video.shape[0]} fused video tokens")
+        mask = slots.unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(mask, fused_video.to(embeds.dtype))
+
+    def positions(self, input_ids: torch.Tensor,
+                  video_grid_thw: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3D positions [3, B, L], rope delta [B, 1]) as Qwen2.5-VL computes them."""
+        batch, length = input_ids.shape
+        if video_grid_thw is None:
+            pos = torch.arange(length, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
+            return pos, torch.zeros(batch, 1, dtype=torch.long, device=input_ids.device)
+        types = torch.zeros_like(input_ids, dtype=torch.int32)
+        types[input_ids == self.config.image_token_id] = 1
+        types[input_ids == self.config.video_token_id] = 2
+        pos, delta = self.model.model.get_rope_index(
+            input_ids, mm_token_type_ids=types, video_grid_thw=video_grid_thw)
+        return pos, delta
+
+    def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.language_model(inputs_embeds=embeds, position_ids=position_ids,
+                                  past_key_values=cache, use_cache=True)
+        return self.model.lm_head(out.last_hidden_state[:, -1])  # [B, V]
+
+    def _decode_step(self, token: torch.Tensor, position_ids: torch.Tensor, cache: Any):
+        return self._forward(self.embed(token), position_ids, cache)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, fused_video: Optional[torch.Tensor] = None,
+                 video_grid_thw: Optional[torch.Tensor] = None,
+                 settings: Optional[GenerationSettings] = None,
+                 on_token: Optional[Callable[[int], None]] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> GenerationOutput:
+        """Greedy/sampled decoding of up to max_new_tokens for one prompt (batch 1)."""
+        settings = settings or GenerationSettings()
+        if input_ids.shape[0] != 1:
+            raise ValueError("LLMDecoder.generate decodes one prompt at a time (batch 1)")
+        input_ids = input_ids.to(self.device)
+        if self.static_cache and input_ids.shape[1] + settings.max_new_tokens > self.max_cache_len:
+            raise ValueError(f"prompt {input_ids.shape[1]} + {settings.max_new_tokens} new tokens "
+                             f"exceed the static cache ({self.max_cache_len})")
+        generator = None
+        if settings.do_sample and settings.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        out = GenerationOutput(prompt_tokens=int(input_ids.shape[1]))
+        cache = self.new_cache()
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        position_ids, delta = self.positions(input_ids, video_grid_thw)
+        embeds = self.prompt_embeddings(input_ids, fused_video)
+        logits = self._forward(embeds, position_ids, cache)
+        token = select_next_token(logits, settings, generator)
+        sync()
+        out.prefill_ms = (time.perf_counter() - t0) * 1000
+        eos = set(int(t) for t in settings.eos_token_ids)
+        t1 = time.perf_counter()
+        length = input_ids.shape[1]
+        for step in range(settings.max_new_tokens):
+            token_id = int(token.item())
+            out.token_ids.append(token_id)
+            if on_token is not None:
+                on_token(token_id)
+            if token_id in eos:
+                out.finish_reason = "eos"
+                break
+            if step == settings.max_new_tokens - 1:
+                break
+            if should_stop is not None and should_stop():
+                out.finish_reason = "cancelled"
+                break
+            position = (torch.full((1, 1), length + step, device=self.device) + delta)
+            logits = self._step(token.view(1, 1), position.view(1, 1, 1).expand(3, 1, 1), cache)
+            token = select_next_token(logits, settings, generator)
+        sync()
+        out.decode_ms = (time.perf_counter() - t1) * 1000
+        return out

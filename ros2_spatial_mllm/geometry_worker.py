@@ -1,0 +1,305 @@
+"""Per-frame geometry for space-aware sampling, computed in a worker thread as frames are kept.
+
+The worker listens to a ``FrameBuffer``: every kept frame is queued (bounded; when full the
+oldest pending frame is dropped and counted), and its voxel set (the sampling package's
+``FrameVoxels``) is computed off the subscription callback and cached by frame stamp. Queries
+read the cache (``voxels_for``), so no geometry runs at query time. Entries leave with the
+buffer's evictions.
+
+Two geometry sources:
+* sensor: the frame has depth [h, w] metres + intrinsics + world_from_camera -> unproject a
+  subsampled depth map (longest side <= ``max_points_side``) into world points; every valid
+  depth pixel counts (no confidence filter). About a millisecond, no model.
+* model heads: otherwise ``model.predict_geometry(frames [N, H, W, 3])`` (VGGT camera + depth
+  heads). Its poses are camera-from-world with *world = first frame of the batch* and its
+  scale is per batch, so per-chunk results are not comparable by themselves. Each chunk is
+  therefore anchored on a reference keyframe: chunk = [reference] + up to ``chunk_size - 1`` new
+  frames. Poses come out relative to the reference camera; the reference's known world pose maps
+  them into one persistent world frame, and the ratio of the reference's median depth in this
+  chunk to its first estimate fixes the scale. When the reference leaves the buffer, the newest
+  frame with model geometry becomes the reference (its world pose and depth are known), so the
+  world frame chains on. Small chunks keep each model call short (queries wait for it: the
+  model lock is shared with the query engine) while the shared reference keeps all voxel sets
+  in one frame and one scale; re-running the whole window per query (the reference code's way)
+  is what this avoids.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+
+__all__ = ["GeometryWorker", "GeometryEntry", "unproject_depth", "default_voxel_builder"]
+log = logging.getLogger(__name__)
+
+
+def unproject_depth(depth: np.ndarray, intrinsics: np.ndarray, world_from_camera: np.ndarray,
+                    max_side: int = 64) -> np.ndarray:
+    """Depth [h, w] (same scale as the pose) -> world points [h', w', 3] float32, NaN where the
+    depth is invalid; subsampled with a stride so that max(h', w') <= ``max_side``.
+    ``intrinsics`` [3, 3] are those of the depth map."""
+    stride = max(1, int(np.ceil(max(depth.shape) / max_side)))
+    d = np.asarray(depth, np.float32)[::stride, ::stride]
+    K = np.asarray(intrinsics, np.float64).copy()
+    K[:2] /= stride
+    v, u = np.mgrid[0:d.shape[0], 0:d.shape[1]].astype(np.float32)
+    z = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float32)
+    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=-1)  # [h', w', 3]
+    T = np.asarray(world_from_camera, np.float64)
+    return (cam @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+
+
+def default_voxel_builder(world_points: np.ndarray, confidence: np.ndarray | None, base_voxel: float = 0.02) -> Any:
+    """The sampling package's per-frame voxel cache from points [h, w, 3] (+ conf [h, w] or None)."""
+    from ros2_spatial_mllm.sampling import FrameVoxels
+    return FrameVoxels.from_points(world_points, confidence, base_voxel=base_voxel,
+                                   conf_percentile=50.0 if confidence is not None else None)
+
+
+@dataclass
+class GeometryEntry:
+    """Cached geometry of one frame: voxel set, source ("sensor"/"model"), estimated pose."""
+
+    voxels: Any
+    source: str
+    world_from_camera: np.ndarray | None = None
+    median_depth: float = float("nan")
+
+
+@dataclass
+class _Reference:
+    stamp_ns: int
+    rgb: np.ndarray                  # [H, W, 3] uint8 as given to the model
+    world_from_camera: np.ndarray    # [4, 4] in the worker's persistent world frame
+    median_depth: float              # in world scale
+
+
+class GeometryWorker:
+    """Computes and caches per-frame voxel sets for a FrameBuffer (see module docstring).
+
+    model_provider() -> model with ``predict_geometry`` or None (not loaded: model-path frames
+    wait); model_lock: shared with the query engine; build_voxels(points [h, w, 3], conf [h, w] or
+    None for sensor depth) -> voxel set (default: ``FrameVoxels.from_points`` with ``base_voxel``).
+    """
+
+    def __init__(self, buffer: FrameBuffer, model_provider: Callable[[], Any] | None = None,
+                 model_lock: threading.RLock | None = None,
+                 build_voxels: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+                 queue_size: int = 64, chunk_size: int = 4, max_points_side: int = 64, base_voxel: float = 0.02,
+                 use_sensor: bool = True, use_model: bool = True, autostart: bool = True) -> None:
+        if chunk_size < 2:
+            raise ValueError("chunk_size must be >= 2 (the reference frame plus one new frame)")
+        self.buffer = buffer
+        self.model_provider = model_provider or (lambda: None)
+        self.model_lock = model_lock or threading.RLock()
+        self.build_voxels = build_voxels or (lambda pts, conf: default_voxel_builder(pts, conf, base_voxel))
+        self.queue_size, self.chunk_size, self.max_points_side = queue_size, chunk_size, max_points_side
+        self.use_sensor, self.use_model = use_sensor, use_model
+        self._cv = threading.Condition()
+        self._pending: collections.deque[Frame] = collections.deque()
+        self._cache: dict[int, GeometryEntry] = {}
+        self._reference: _Reference | None = None
+        self._busy = False
+        self._stop = False
+        self._counts = {"queued": 0, "sensor": 0, "model": 0, "dropped_queue_full": 0,
+                        "dropped_evicted": 0, "skipped_no_source": 0, "errors": 0, "reanchored": 0}
+        self._compute_ms = collections.deque(maxlen=64)
+        buffer.add_listener(on_keep=self._on_keep, on_evict=self._on_evict)
+        self._thread: threading.Thread | None = None
+        if autostart:
+            self.start()
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="geometry-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def notify_model_ready(self) -> None:
+        """Wake the worker (call after the model is loaded so waiting frames are processed)."""
+        with self._cv:
+            self._cv.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until nothing is pending or running that can run now (tests, benchmarks)."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while (self._busy or self._runnable_locked()) and time.monotonic() < end:
+                self._cv.wait(0.05)
+            return not (self._busy or self._runnable_locked())
+
+    # ------------------------------------------------------------------ buffer listeners
+    def _on_keep(self, frame: Frame) -> None:
+        with self._cv:
+            if len(self._pending) >= self.queue_size:
+                self._pending.popleft()
+                self._counts["dropped_queue_full"] += 1
+            self._pending.append(frame)
+            self._counts["queued"] += 1
+            self._cv.notify()
+
+    def _on_evict(self, frame: Frame) -> None:
+        with self._cv:
+            self._cache.pop(frame.stamp_ns, None)
+
+    # ------------------------------------------------------------------ reads
+    def voxels_for(self, stamps: Sequence[int]) -> list[Any]:
+        """Voxel set per stamp, None where not (yet) computed."""
+        with self._cv:
+            return [entry.voxels if (entry := self._cache.get(int(s))) else None for s in stamps]
+
+    def entry(self, stamp_ns: int) -> GeometryEntry | None:
+        with self._cv:
+            return self._cache.get(int(stamp_ns))
+
+    def stats(self) -> dict:
+        with self._cv:
+            times = list(self._compute_ms)
+            return {**self._counts, "pending": len(self._pending), "cached": len(self._cache),
+                    "mean_compute_ms": float(np.mean(times)) if times else 0.0,
+                    "reference_stamp_ns": self._reference.stamp_ns if self._reference else 0}
+
+    # ------------------------------------------------------------------ worker
+    def _has_sensor_geometry(self, frame: Frame) -> bool:
+        return (self.use_sensor and frame.depth is not None and frame.intrinsics is not None
+                and frame.world_from_camera is not None)
+
+    def _runnable_locked(self) -> bool:
+        if not self._pending:
+            return False
+        model_ready = self.use_model and self.model_provider() is not None
+        return model_ready or any(self._has_sensor_geometry(f) or not self.use_model for f in self._pending)
+
+    def _take_batch_locked(self) -> tuple[list[Frame], list[Frame]]:
+        sensor = [f for f in self._pending if self._has_sensor_geometry(f)]
+        rest = [f for f in self._pending if not self._has_sensor_geometry(f)]
+        if not self.use_model:
+            self._counts["skipped_no_source"] += len(rest)
+            rest_take: list[Frame] = rest
+            chunk: list[Frame] = []
+        else:
+            ready = self.model_provider() is not None
+            chunk = rest[: self.chunk_size - 1] if ready else []
+            rest_take = chunk
+        taken = {id(f) for f in sensor} | {id(f) for f in rest_take}
+        self._pending = collections.deque(f for f in self._pending if id(f) not in taken)
+        return sensor, chunk
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._runnable_locked():
+                    self._cv.wait(0.2)
+                if self._stop:
+                    return
+                sensor, chunk = self._take_batch_locked()
+                self._busy = True
+            try:
+                for frame in sensor:
+                    self._process_sensor(frame)
+                if chunk:
+                    self._process_chunk(chunk)
+            except Exception:
+                log.exception("geometry worker failed")
+                with self._cv:
+                    self._counts["errors"] += 1
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _store(self, frame: Frame, entry: GeometryEntry, started: float) -> None:
+        with self._cv:
+            if frame.stamp_ns not in self.buffer:   # evicted while we computed
+                self._counts["dropped_evicted"] += 1
+                return
+            self._cache[frame.stamp_ns] = entry
+            self._counts[entry.source] += 1
+            self._compute_ms.append((time.perf_counter() - started) * 1e3)
+
+    def _process_sensor(self, frame: Frame) -> None:
+        started = time.perf_counter()
+        depth = frame.depth
+        K = np.asarray(frame.intrinsics, np.float64).copy()   # K of the rgb image -> K of the depth map
+        if depth.shape != frame.rgb.shape[:2]:
+            K[0] *= depth.shape[1] / frame.rgb.shape[1]
+            K[1] *= depth.shape[0] / frame.rgb.shape[0]
+        points = unproject_depth(depth, K, frame.world_from_camera, self.max_points_side)
+        finite = depth[np.isfinite(depth) & (depth > 0)]
+        median = float(np.median(finite)) if finite.size else float("nan")
+        self._store(frame, GeometryEntry(self.build_voxels(points, None), "sensor",
+                                         np.asarray(frame.world_from_camera, np.float32), median), started)
+
+    def _choose_reference(self, first: Frame) -> _Reference:
+        ref = self._reference
+        if ref is not None and ref.stamp_ns in self.buffer:
+            return ref
+        with self._cv:   # newest frame with model geometry still buffered becomes the reference
+            known = [(s, e) for s, e in self._cache.items() if e.source == "model" and s in self.buffer]
+        if ref is not None and known:
+            stamp, entry = max(known, key=lambda item: item[0])
+            frame = self.buffer.get(stamp)
+            if frame is not None:
+                self._counts["reanchored"] += 1
+                self._reference = _Reference(stamp, self._resize(frame.rgb, ref.rgb.shape[:2]),
+                                             entry.world_from_camera.astype(np.float64), entry.median_depth)
+                return self._reference
+        # first chunk (or nothing to chain from): this chunk's first frame defines the world
+        self._reference = _Reference(first.stamp_ns, np.ascontiguousarray(first.rgb),
+                                     np.eye(4), float("nan"))
+        return self._reference
+
+    @staticmethod
+    def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        if rgb.shape[:2] == tuple(hw):
+            return np.ascontiguousarray(rgb)
+        return cv2.resize(np.ascontiguousarray(rgb), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
+    def _process_chunk(self, chunk: list[Frame]) -> None:
+        started = time.perf_counter()
+        model = self.model_provider()
+        if model is None:
+            with self._cv:
+                self._pending.extendleft(reversed(chunk))
+            return
+        ref = self._choose_reference(chunk[0])
+        new = [f for f in chunk if f.stamp_ns != ref.stamp_ns]
+        images = np.stack([ref.rgb] + [self._resize(f.rgb, ref.rgb.shape[:2]) for f in new])  # [N, H, W, 3]
+        with self.model_lock:
+            out = model.predict_geometry(images)
+        depth, conf = np.asarray(out["depth"], np.float32), np.asarray(out["depth_conf"], np.float32)
+        extrinsics, intrinsics = np.asarray(out["extrinsics"], np.float64), np.asarray(out["intrinsics"])
+        ref_median = float(np.nanmedian(depth[0]))
+        if not np.isfinite(ref.median_depth):   # first chunk: its scale defines the world scale
+            ref.median_depth = ref_median
+        scale = ref.median_depth / ref_median if ref_median > 0 else 1.0
+        frames = [self.buffer.get(ref.stamp_ns)] + new   # the reference itself gets geometry once
+        for i, frame in enumerate(frames):
+            if frame is None or (i == 0 and self.entry(ref.stamp_ns) is not None):
+                continue
+            cam_from_ref = np.eye(4)
+            cam_from_ref[:3, :4] = extrinsics[i]
+            cam_from_ref[:3, 3] *= scale
+            world_from_cam = ref.world_from_camera @ np.linalg.inv(cam_from_ref)
+            points = unproject_depth(depth[i] * scale, intrinsics[i], world_from_cam, self.max_points_side)
+            sub = max(1, int(np.ceil(max(depth.shape[1:]) / self.max_points_side)))
+            point_conf = conf[i][::sub, ::sub]
+            self._store(frame, GeometryEntry(self.build_voxels(points, point_conf), "model",
+                                             world_from_cam.astype(np.float32),
+                                             float(np.nanmedian(depth[i])) * scale), started)

@@ -1,0 +1,327 @@
+"""Inference API of the Spatial-MLLM (no ROS): load a local model, answer spatial questions about
+video frames (streaming, cancellable), predict per-frame geometry with the spatial encoder.
+
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    mllm = SpatialMLLM.load()                      # embedded tiny preset (assets/tiny)
+    result = mllm.answer(frames, "How many chair(s) are in this room?")
+    result.text, result.num_tokens, result.cancelled, result.timings_ms
+    geo = mllm.predict_geometry(np.stack(frames))  # depth, depth_conf, extrinsics, intrinsics
+    mllm.close()
+
+Loading is offline only: `model` must be an existing local directory in the official v1.1
+layout (see model/checkpoint.py); Hub ids are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .model.checkpoint import load_checkpoint, resolve_model_dir
+from .model.presets import TINY_ASSETS_DIR
+from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
+
+__all__ = ["QueryResult", "SpatialMLLM", "parse_dtype"]
+
+LOG = logging.getLogger(__name__)
+TIMING_KEYS = ("preprocess", "spatial_encoder", "vision_encoder", "connector", "prefill", "decode", "total")
+VIDEO_PAD = "<|video_pad|>"
+
+try:
+    from .prompts import build_prompt
+except ImportError:  # pragma: no cover - fallback until prompts.py exists (engineer C)
+
+    def build_prompt(question: str, options: Optional[Sequence[str]] = None) -> str:
+        if options:
+            lines = [question, "Options:"] + [f"{chr(65 + i)}. {o}" for i, o in enumerate(options)]
+            return "\n".join(lines + ["Answer with the option's letter from the given choices directly."])
+        return f"{question}\nPlease answer the question using a single word or phrase."
+
+
+@dataclass
+class QueryResult:
+    """Answer of one query. timings_ms keys: preprocess, spatial_encoder, vision_encoder,
+    connector, prefill, decode, total (milliseconds)."""
+
+    text: str
+    num_tokens: int
+    cancelled: bool
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+
+
+def parse_dtype(dtype, device: str) -> torch.dtype:
+    """None -> float32 on CPU, bfloat16 on CUDA; also accepts "bf16", "fp16", "fp32", torch dtypes."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[key]
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import Qwen2Tokenizer
+
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        for name in ("chat_template.jinja", "chat_template.json"):
+            path = model_dir / name
+            if path.is_file():
+                text = path.read_text()
+                tokenizer.chat_template = json.loads(text)["chat_template"] if name.endswith(".json") else text
+                break
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"'{model_dir}' has no chat template (tokenizer_config.json or chat_template.*)")
+    return tokenizer
+
+
+def _eos_ids(model_dir: Path, config, tokenizer) -> List[int]:
+    ids: List[int] = []
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        value = json.loads(gen.read_text()).get("eos_token_id")
+        ids += value if isinstance(value, list) else [value] if value is not None else []
+    text_eos = config.text_config.eos_token_id
+    ids += text_eos if isinstance(text_eos, list) else [text_eos] if text_eos is not None else []
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid >= 0:
+            ids.append(tid)
+    return sorted(set(int(i) for i in ids))
+
+
+def _revision(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json"):
+        if (model_dir / name).is_file():
+            digest.update((model_dir / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class SpatialMLLM:
+    """A loaded Spatial-MLLM with its tokenizer and video preprocessing (see module docstring)."""
+
+    def __init__(self, model, tokenizer, processing: VideoProcessingConfig, model_dir: Path, preset: Optional[str],
+                 device: torch.device, eos_ids: Sequence[int], load_report=None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processing = processing
+        self.device = device
+        self.eos_ids = list(eos_ids)
+        self.fps = 2.0  # nominal frame rate of the sampled frames (sets mRoPE time spacing)
+        self.load_report = load_report
+        self._answer_lock = threading.Lock()  # answer() mutates the model's mRoPE state: one at a time
+        params = sum(p.numel() for p in model.parameters())
+        self._info = dict(preset=preset, model_dir=str(model_dir), revision=_revision(model_dir), params=int(params),
+                          device=str(device), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+                          load_report=load_report.summary() if load_report is not None else None)
+
+    # ---- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, preset: str = "tiny", device: str = "cpu", dtype=None) -> "SpatialMLLM":
+        """model=None -> embedded preset (only "tiny" is embedded); else a local checkpoint dir."""
+        if model is None:
+            if preset != "tiny":
+                raise ValueError(f"preset {preset!r} has no embedded weights: pass model=<local directory>")
+            model_dir, used_preset = TINY_ASSETS_DIR, "tiny"
+        else:
+            model_dir, used_preset = resolve_model_dir(model), None
+        torch_dtype = parse_dtype(dtype, device)
+        net, report = load_checkpoint(model_dir, device=device, dtype=torch_dtype)
+        if not report.ok:
+            LOG.warning("checkpoint %s: %s (missing: %s, unexpected: %s)", model_dir, report.summary(),
+                        report.missing[:5], report.unexpected[:5])
+        tokenizer = _load_tokenizer(Path(model_dir))
+        return cls(net, tokenizer, VideoProcessingConfig.from_dir(model_dir), Path(model_dir), used_preset,
+                   torch.device(device), _eos_ids(Path(model_dir), net.config, tokenizer), report)
+
+    @property
+    def info(self) -> dict:
+        """dict(preset, model_dir, revision, params, device, dtype, load_report)."""
+        return dict(self._info)
+
+    def close(self) -> None:
+        """Free the model (the object is unusable afterwards)."""
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _require_model(self):
+        if self.model is None:
+            raise RuntimeError("SpatialMLLM was closed")
+        return self.model
+
+    # ---- preprocessing --------------------------------------------------------------------
+
+    def prepare_inputs(self, frames: Sequence[np.ndarray], prompt: str) -> dict:
+        """Frames + user prompt -> tensors on the model device:
+        input_ids/attention_mask/mm_token_type_ids [1, L], pixel_values_videos [t*gh*gw, 3*2*14*14],
+        video_grid_thw [1, 3], second_per_grid_ts [1], spatial_pixel_values [1, S, 3, H, W] in [0, 1]."""
+        if len(frames) == 0:
+            raise ValueError("no frames given")
+        resized = resize_frames(frames, self.processing)  # [S, 3, H, W]
+        pixel_values, grid_thw = patchify_video(resized, self.processing)
+        t, gh, gw = grid_thw[0].tolist()
+        num_video_tokens = t * gh * gw // self.processing.merge_size**2
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text.count(VIDEO_PAD) != 1:
+            raise ValueError("chat template must render exactly one <|video_pad|> for the video")
+        text = text.replace(VIDEO_PAD, VIDEO_PAD * num_video_tokens)
+        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
+        video_id = self.model.config.video_token_id
+        mm_types = (ids == video_id).to(torch.int32) * 2
+        if int(mm_types.sum()) != 2 * num_video_tokens:
+            raise ValueError("the prompt itself contains video placeholder tokens")
+        dtype = next(self.model.parameters()).dtype
+        dev = self.device
+        return dict(
+            input_ids=ids.to(dev),
+            attention_mask=torch.ones_like(ids).to(dev),
+            mm_token_type_ids=mm_types.to(dev),
+            pixel_values_videos=pixel_values.to(dev, dtype),
+            video_grid_thw=grid_thw.to(dev),
+            second_per_grid_ts=torch.tensor([self.processing.temporal_patch_size / self.fps], device=dev),
+            spatial_pixel_values=resized[None].to(dev, dtype),
+        )
+
+    # ---- answering ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def answer(self, frames: Sequence[np.ndarray], question: str, options: Optional[Sequence[str]] = None,
+               max_new_tokens: int = 32, on_token: Optional[Callable[[str], None]] = None,
+               should_stop: Optional[Callable[[], bool]] = None, temperature: float = 0.0, top_p: float = 1.0,
+               seed: Optional[int] = None) -> QueryResult:
+        """Answer `question` about `frames` (HxWx3 uint8 RGB). Greedy unless temperature > 0.
+
+        on_token(piece) gets each new piece of text as it is decoded; should_stop() is polled
+        before the encoders run and between tokens, and True ends generation with cancelled=True.
+        Thread-safe: concurrent calls run one after the other (predict_geometry is not blocked)."""
+        if not question or not question.strip():
+            raise ValueError("empty question")
+        with self._answer_lock:
+            return self._answer(frames, question, options, max_new_tokens, on_token, should_stop, temperature,
+                                top_p, seed)
+
+    def _answer(self, frames, question, options, max_new_tokens, on_token, should_stop, temperature, top_p,
+                seed) -> QueryResult:
+        model = self._require_model()
+        timings = {key: 0.0 for key in TIMING_KEYS}
+        start = _now = time.perf_counter()
+
+        def lap(key: str) -> None:
+            nonlocal _now
+            _sync(self.device)
+            now = time.perf_counter()
+            timings[key] += (now - _now) * 1000.0
+            _now = now
+
+        inputs = self.prepare_inputs(frames, build_prompt(question, options))
+        lap("preprocess")
+        stop = should_stop or (lambda: False)
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        generated: List[int] = []
+        text, cancelled = "", False
+        if stop():
+            cancelled = True
+        else:
+            features, patch_start = model.spatial_features(inputs["spatial_pixel_values"])
+            lap("spatial_encoder")
+            video = model.video_embeds(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+            lap("vision_encoder")
+            fused = model.connector(video, features, patch_start, inputs["video_grid_thw"])
+            lap("connector")
+            model.model.rope_deltas = None
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
+                        second_per_grid_ts=inputs["second_per_grid_ts"], use_cache=True, logits_to_keep=1,
+                        mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))})
+            lap("prefill")
+            cache = out.past_key_values
+            logits = out.logits[:, -1]
+            while len(generated) < max_new_tokens:
+                token = _pick(logits[0].float(), temperature, top_p, generator)
+                if token in self.eos_ids:
+                    break
+                generated.append(token)
+                new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if on_token is not None and new_text != text and not new_text.endswith("\ufffd"):
+                    on_token(new_text[len(text):])
+                if not new_text.endswith("\ufffd"):
+                    text = new_text
+                if len(generated) >= max_new_tokens:
+                    break
+                if stop():
+                    cancelled = True
+                    break
+                # one unpadded sequence: no mask, so positions = cache length + the prefill's mRoPE delta
+                step = torch.tensor([[token]], device=self.device)
+                out = model(input_ids=step, past_key_values=cache, use_cache=True)
+                cache, logits = out.past_key_values, out.logits[:, -1]
+            lap("decode")
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        timings["total"] = (time.perf_counter() - start) * 1000.0
+        return QueryResult(text=text, num_tokens=len(generated), cancelled=cancelled, timings_ms=timings)
+
+    # ---- geometry -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_geometry(self, frames: np.ndarray, max_pixels: Optional[int] = None) -> dict:
+        """frames [N, H, W, 3] uint8 RGB -> numpy dict: depth [N, h, w] float32, depth_conf [N, h, w],
+        extrinsics [N, 3, 4] camera-from-world (world = first frame), intrinsics [N, 3, 3] (pixels of
+        the h x w model input). h x w: the resize used for answering (sides multiples of 28), or
+        the same rule with `max_pixels` instead of the processor's limit."""
+        from .geometry import pose_encoding_to_extrinsics_intrinsics, relative_to_first_camera
+
+        model = self._require_model()
+        processing = self.processing
+        if max_pixels is not None:
+            processing = dataclasses.replace(processing, max_pixels=int(max_pixels),
+                                             min_pixels=min(processing.min_pixels, int(max_pixels)))
+        resized = resize_frames(frames, processing)  # [N, 3, h, w]
+        dtype = next(model.spatial_encoder.parameters()).dtype
+        pred = model.spatial_encoder.predict_geometry(resized[None].to(self.device, dtype))
+        height, width = resized.shape[-2:]
+        extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pred["pose_enc"].float(), (height, width))
+        extrinsics = relative_to_first_camera(extrinsics[0])
+        return dict(
+            depth=pred["depth"][0, ..., 0].float().cpu().numpy().astype(np.float32),
+            depth_conf=pred["depth_conf"][0].float().cpu().numpy().astype(np.float32),
+            extrinsics=extrinsics.float().cpu().numpy().astype(np.float32),
+            intrinsics=intrinsics[0].float().cpu().numpy().astype(np.float32),
+        )
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
+    """Greedy (temperature <= 0) or temperature + nucleus sampling; logits [V]."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,160 @@
+"""Video preprocessing for the Spatial-MLLM (pure torch, no torchvision/PIL).
+
+Qwen2.5-VL's video processor facts reproduced here:
+* `smart_resize`: sides rounded to multiples of factor = patch 14 * merge 2 = 28, total pixels
+  kept within [min_pixels, max_pixels], aspect ratio kept as well as possible.
+* frames are rescaled to [0, 1], normalised with the CLIP mean/std and cut into patches
+  [t * gh * gw, 3 * tp * 14 * 14] ordered (t, h_block, w_block, merge_row, merge_col), with
+  the channel/temporal/pixel order (C, tp, py, px) inside a patch; S is padded to a multiple
+  of tp = 2 by repeating the last frame.
+Both encoders get the same resized frames: `pixel_values_videos` for Qwen's ViT and the
+[S, 3, H, W] tensor in [0, 1] for VGGT. `frames_from_pixel_values_videos` inverts the patching.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "VideoProcessingConfig",
+    "smart_resize",
+    "resize_frames",
+    "patchify_video",
+    "frames_from_pixel_values_videos",
+]
+
+CLIP_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class VideoProcessingConfig:
+    """Resize/patch settings, read from a checkpoint's (video_)preprocessor_config.json."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 324576  # Spatial-MLLM v1.1 training value for video frames
+    image_mean: Tuple[float, ...] = field(default=CLIP_MEAN)
+    image_std: Tuple[float, ...] = field(default=CLIP_STD)
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "VideoProcessingConfig":
+        """Prefer video_preprocessor_config.json, then preprocessor_config.json; defaults else."""
+        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+            path = Path(model_dir) / name
+            if path.is_file():
+                return cls.from_dict(json.loads(path.read_text()))
+        return cls()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "VideoProcessingConfig":
+        size = values.get("size") or {}
+        out = cls()
+        out.patch_size = int(values.get("patch_size", out.patch_size))
+        out.temporal_patch_size = int(values.get("temporal_patch_size", out.temporal_patch_size))
+        out.merge_size = int(values.get("merge_size", out.merge_size))
+        out.min_pixels = int(values.get("min_pixels") or size.get("shortest_edge") or out.min_pixels)
+        out.max_pixels = int(values.get("max_pixels") or size.get("longest_edge") or out.max_pixels)
+        out.image_mean = tuple(values.get("image_mean", out.image_mean))
+        out.image_std = tuple(values.get("image_std", out.image_std))
+        return out
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 3136, max_pixels: int = 324576):
+    """Qwen's resize rule -> (new_height, new_width), both multiples of `factor`."""
+    if min(height, width) <= 0:
+        raise ValueError(f"bad frame size {height}x{width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio of {height}x{width} exceeds 200")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_frames(frames: Sequence[np.ndarray] | np.ndarray, config: VideoProcessingConfig) -> torch.Tensor:
+    """frames: S x [H, W, 3] uint8 RGB (all the same size) -> [S, 3, h, w] float32 in [0, 1],
+    h and w from `smart_resize` (OpenCV: area filter when shrinking, bicubic when enlarging)."""
+    import cv2
+
+    if len(frames) == 0:
+        raise ValueError("no frames given")
+    shapes = {tuple(np.shape(f)) for f in frames}
+    if len(shapes) != 1:
+        raise ValueError(f"all frames must have the same size, got {sorted(shapes)}")
+    height, width, *channels = shapes.pop()
+    if channels != [3]:
+        raise ValueError(f"frames must be HxWx3 RGB, got shape {(height, width, *channels)}")
+    new_h, new_w = smart_resize(height, width, config.factor, config.min_pixels, config.max_pixels)
+    interpolation = cv2.INTER_AREA if new_h * new_w < height * width else cv2.INTER_CUBIC
+    out = np.empty((len(frames), new_h, new_w, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {frame.dtype}")
+        out[i] = frame if (new_h, new_w) == (height, width) else cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def patchify_video(frames: torch.Tensor, config: VideoProcessingConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """frames [S, 3, H, W] in [0, 1] (H, W multiples of 28) ->
+    (pixel_values_videos [t*gh*gw, 3*tp*p*p], video_grid_thw [1, 3] = (t, gh, gw)), S padded to tp."""
+    tp, p, m = config.temporal_patch_size, config.patch_size, config.merge_size
+    if frames.shape[0] % tp:
+        frames = torch.cat([frames, frames[-1:].repeat(tp - frames.shape[0] % tp, 1, 1, 1)])
+    mean = torch.tensor(config.image_mean, dtype=frames.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(config.image_std, dtype=frames.dtype).view(1, 3, 1, 1)
+    x = (frames - mean) / std
+    s, c, h, w = x.shape
+    t, gh, gw = s // tp, h // p, w // p
+    x = x.reshape(t, tp, c, gh // m, m, p, gw // m, m, p)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # [t, hb, wb, mh, mw, C, tp, py, px]
+    pixel_values = x.reshape(t * gh * gw, c * tp * p * p).contiguous()
+    return pixel_values, torch.tensor([[t, gh, gw]], dtype=torch.long)
+
+
+def frames_from_pixel_values_videos(
+    pixel_values_videos: torch.Tensor,
+    video_grid_thw: torch.Tensor,
+    vision_config,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """Inverse of `patchify_video` for a batch of equally sized videos -> [B, S, 3, H, W] in [0, 1]."""
+    tp, p, m = vision_config.temporal_patch_size, vision_config.patch_size, vision_config.spatial_merge_size
+    videos: List[torch.Tensor] = []
+    offset = 0
+    for t, gh, gw in video_grid_thw.tolist():
+        count = t * gh * gw
+        x = pixel_values_videos[offset : offset + count].float()
+        offset += count
+        x = x.reshape(t, gh // m, gw // m, m, m, 3, tp, p, p)
+        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, 3, gh * p, gw * p)
+        mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        videos.append((x * std_t + mean_t).clamp_(0.0, 1.0))
+    if len({v.shape for v in videos}) != 1:
+        raise ValueError("videos of different sizes in one batch: pass spatial_pixel_values explicitly")
+    return torch.stack(videos)

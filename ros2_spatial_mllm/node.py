@@ -1,0 +1,366 @@
+"""`spatial_mllm_node`: a thin ROS 2 lifecycle node around the spatial-query core.
+
+    spatial_mllm_node --ros-args --params-file config/cpu.yaml -p autostart:=true \
+        -r image:=/camera/color/image_raw
+    ros2 run ros2_spatial_mllm spatial_mllm_node --ros-args -p autostart:=true   # on a robot
+
+Lifecycle: configure reads + validates the parameters (`ros/params.py: NodeConfig`, mirrored by
+config/*.yaml), builds the FrameBuffer, QueryEngine and GeometryWorker and subscribes to the
+inputs; activate loads the model (embedded tiny preset by default, or `model_path`) and starts
+buffering frames; deactivate frees the model; cleanup drops everything. `autostart:=true`
+configures and activates at start-up.
+Interfaces (all relative names, remap freely):
+    sub  image | image/compressed (sensor_msgs/Image | CompressedImage; sensor-data QoS default)
+    sub  depth_topic, camera_info_topic, odom_topic (optional, for sensor geometry)
+    srv  ~/ask     ros2_spatial_mllm/srv/AskSpatial      (quick questions)
+    act  ~/ask     ros2_spatial_mllm/action/AskSpatial   (feedback per token, cancel)
+    pub  ~/answers ros2_spatial_mllm/msg/SpatialAnswer   (every query outcome)
+    pub  /diagnostics diagnostic_msgs/DiagnosticArray    (diagnostics_period_s)
+Service and action callbacks run on a ReentrantCallbackGroup under a MultiThreadedExecutor;
+the QueryEngine serialises model runs, answers BUSY past its queue and TIMEOUT past deadlines.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import Odometry
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from ros2_spatial_mllm.action import AskSpatial as AskSpatialAction
+from ros2_spatial_mllm.buffer import FrameBuffer
+from ros2_spatial_mllm.msg import SpatialAnswer
+from ros2_spatial_mllm.query_engine import (EngineConfig, ErrorCode, QueryEngine, QueryResponse)
+from ros2_spatial_mllm.ros import convert
+from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
+from ros2_spatial_mllm.ros.intake import FrameIntake
+from ros2_spatial_mllm.ros.params import NodeConfig
+from ros2_spatial_mllm.srv import AskSpatial
+
+NODE_NAME = "spatial_mllm_node"
+
+
+class SpatialMllmNode(LifecycleNode):
+    """Lifecycle node: parameters -> core objects -> ROS interfaces (see module docstring)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, default in NodeConfig.defaults().items():
+            self.declare_parameter(name, default, _descriptor(name))
+        self.config: NodeConfig | None = None
+        self.buffer: FrameBuffer | None = None
+        self.engine: QueryEngine | None = None
+        self.geometry = None
+        self.intake: FrameIntake | None = None
+        self._subscriptions_in: list = []
+        self._state_label = "unconfigured"
+        self._model_info: dict = {}
+        self._lock = threading.Lock()
+        self._query_group = ReentrantCallbackGroup()
+        self._ask_service = self.create_service(AskSpatial, "~/ask", self._on_ask_service,
+                                                callback_group=self._query_group)
+        self._ask_action = ActionServer(
+            self, AskSpatialAction, "~/ask", execute_callback=self._on_ask_action,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda _goal: CancelResponse.ACCEPT,
+            callback_group=self._query_group)
+        self._answers_pub = self.create_publisher(SpatialAnswer, "~/answers", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        period = float(self.get_parameter("diagnostics_period_s").value)
+        self._diag_timer = self.create_timer(max(0.05, period), self._publish_diagnostics,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info("created (unconfigured); services ~/ask, action ~/ask")
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            values = {n: self.get_parameter(n).value for n in NodeConfig.parameter_names()}
+            config = NodeConfig.from_dict(values)
+        except ValueError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.config = config
+        self.buffer = FrameBuffer(
+            max_frames=config.buffer_max_frames, max_bytes=config.buffer_max_bytes,
+            min_interval_s=config.keyframe_min_interval_s,
+            min_translation_m=config.keyframe_min_translation_m,
+            min_rotation_deg=config.keyframe_min_rotation_deg,
+            max_interval_s=config.keyframe_max_interval_s)
+        self.engine = QueryEngine(self.buffer, _engine_config(config))
+        if config.geometry_source != "none":
+            from ros2_spatial_mllm.geometry_worker import GeometryWorker
+            self.geometry = GeometryWorker(
+                self.buffer, model_provider=lambda: self.engine.model if self.engine else None,
+                model_lock=self.engine.model_lock,
+                use_sensor=config.geometry_source in ("auto", "sensor"),
+                use_model=config.geometry_source in ("auto", "model"))
+            self.engine.geometry = self.geometry
+        self.intake = FrameIntake(self.buffer, self.get_logger(), config.sync_tolerance_s,
+                                  config.odom_child_is_optical)
+        self._create_input_subscriptions(config)
+        self._state_label = "inactive"
+        self.get_logger().info(
+            f"configured: input {config.image_transport} '{self._image_topic(config)}' "
+            f"({config.qos_reliability}, depth {config.qos_depth}), buffer "
+            f"{config.buffer_max_frames} frames / {config.buffer_max_mb:g} MiB, geometry "
+            f"{config.geometry_source}, model {config.model_path or config.model_preset} on {config.device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        config, started = self.config, time.monotonic()
+        self._state_label = "activating"
+        ok = self.engine.load(model=config.model_path or None, preset=config.model_preset,
+                              device=_resolve_device(config.device),
+                              dtype=None if config.dtype == "auto" else config.dtype)
+        if not ok:
+            self._model_info = {"error": self.engine.state_error}
+            self._state_label = "inactive"
+            self.get_logger().error(f"activate failed: model did not load: {self.engine.state_error}")
+            return TransitionCallbackReturn.FAILURE
+        info = getattr(self.engine.model, "info", {}) or {}
+        self._model_info = {k: v for k, v in dict(info).items() if isinstance(v, (str, int, float, bool))}
+        self._model_info["device"] = _resolve_device(config.device)
+        if self.geometry is not None:
+            self.geometry.notify_model_ready()
+        self.intake.enabled = True
+        self._state_label = "active"
+        self.get_logger().info(f"activated: model {info.get('preset', config.model_preset)} "
+                               f"loaded in {time.monotonic() - started:.2f} s")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.intake is not None:
+            self.intake.enabled = False
+        if self.engine is not None:
+            self.engine.unload()
+        self._state_label = "inactive"
+        self.get_logger().info("deactivated: model freed, input paused")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state_label = "unconfigured"
+        self.get_logger().info("cleaned up: buffer and subscriptions dropped")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state_label = "finalized"
+        self.get_logger().info("shut down")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state_label = "unconfigured"
+        self.get_logger().error("error processing: core torn down, back to unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        if self.intake is not None:
+            self.intake.enabled = False
+        for sub in self._subscriptions_in:
+            self.destroy_subscription(sub)
+        self._subscriptions_in = []
+        if self.geometry is not None:
+            self.geometry.stop()
+            self.geometry = None
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+        self.buffer, self.intake, self._model_info = None, None, {}
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _image_topic(config: NodeConfig) -> str:
+        topic = config.image_topic.rstrip("/")
+        return f"{topic}/compressed" if config.image_transport == "compressed" else topic
+
+    def _create_input_subscriptions(self, config: NodeConfig) -> None:
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth,
+            reliability=(ReliabilityPolicy.BEST_EFFORT if config.qos_reliability == "best_effort"
+                         else ReliabilityPolicy.RELIABLE),
+            durability=qos_profile_sensor_data.durability)
+        group = MutuallyExclusiveCallbackGroup()
+        image_type = CompressedImage if config.image_transport == "compressed" else Image
+        subs = [self.create_subscription(image_type, self._image_topic(config), self.intake.on_image,
+                                         qos, callback_group=group)]
+        if config.depth_topic:
+            subs.append(self.create_subscription(Image, config.depth_topic, self.intake.on_depth, qos,
+                                                 callback_group=group))
+        if config.camera_info_topic:
+            subs.append(self.create_subscription(CameraInfo, config.camera_info_topic,
+                                                 self.intake.on_camera_info, qos, callback_group=group))
+        if config.odom_topic:
+            subs.append(self.create_subscription(Odometry, config.odom_topic, self.intake.on_odometry,
+                                                 QoSProfile(depth=50), callback_group=group))
+        self._subscriptions_in = subs
+
+    # ------------------------------------------------------------------ queries
+    def _not_ready(self) -> QueryResponse:
+        state = self.engine.state.value if self.engine else "unloaded"
+        return QueryResponse(ErrorCode.MODEL_NOT_READY,
+                             f"node is {self._state_label} (model {state}); activate it first")
+
+    def _on_ask_service(self, request: AskSpatial.Request, response: AskSpatial.Response):
+        received = self.get_clock().now()
+        try:
+            engine = self.engine
+            outcome = (engine.ask(convert.to_query_request(request))
+                       if engine is not None and self._state_label == "active" else self._not_ready())
+        except Exception as exc:  # noqa: BLE001 - a query must never kill the node
+            self.get_logger().error(f"ask (service) failed: {type(exc).__name__}: {exc}")
+            outcome = QueryResponse(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        self._finish_query_safe(request, outcome, "service", received)
+        return convert.fill_outcome(response, outcome)
+
+    def _on_ask_action(self, goal_handle):
+        received = self.get_clock().now()
+        goal = goal_handle.request
+        feedback_lock = threading.Lock()
+        progress = {"tokens": 0, "stage": "queued"}
+        max_tokens = goal.max_new_tokens or (self.config.max_new_tokens if self.config else 1)
+
+        def send(stage: str, text: str = "") -> None:
+            with feedback_lock:
+                progress["stage"] = stage
+                if text:
+                    progress["tokens"] += 1
+                fb = AskSpatialAction.Feedback(stage=stage, new_text=text, num_tokens=progress["tokens"],
+                                               progress=min(1.0, progress["tokens"] / max(1, max_tokens)))
+            try:
+                goal_handle.publish_feedback(fb)
+            except Exception:  # noqa: BLE001 - goal finished meanwhile
+                pass
+
+        engine = self.engine
+        try:
+            if engine is None or self._state_label != "active":
+                outcome = self._not_ready()
+            else:
+                handle = engine.submit(convert.to_query_request(goal),
+                                       on_token=lambda text: send("decoding", text),
+                                       on_stage=lambda stage: send(stage))
+                outcome = None
+                while outcome is None:
+                    if goal_handle.is_cancel_requested:
+                        handle.cancel()
+                    outcome = handle.result(timeout=0.02)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"ask (action) failed: {type(exc).__name__}: {exc}")
+            outcome = QueryResponse(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        result = convert.fill_outcome(AskSpatialAction.Result(), outcome)
+        if outcome.code == ErrorCode.CANCELLED and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif outcome.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        self._finish_query_safe(goal, outcome, "action", received)
+        return result
+
+    def _finish_query_safe(self, request, outcome: QueryResponse, interface: str, received) -> None:
+        try:
+            self._finish_query(request, outcome, interface, received)
+        except Exception as exc:  # noqa: BLE001 - logging/publishing must not kill the node
+            self.get_logger().error(f"ask[{interface}] bookkeeping failed: {exc}")
+
+    def _finish_query(self, request, outcome: QueryResponse, interface: str, received) -> None:
+        total = outcome.latency_ms.get("total_ms", 0.0)
+        text = outcome.answer if len(outcome.answer) <= 60 else outcome.answer[:57] + "..."
+        line = (f"ask[{interface}] #{outcome.request_id} {outcome.code.name}: frames="
+                f"{len(outcome.frame_stamps_ns)} tokens={outcome.num_tokens} total={total:.0f}ms "
+                + (f"answer={text!r}" if outcome.success else f"reason={outcome.message!r}"))
+        # rclpy fixes a call site's severity: one call site per level
+        if outcome.success:
+            self.get_logger().info(line)
+        else:
+            self.get_logger().warning(line)
+        if not (self.config.publish_answers if self.config else True):
+            return
+        try:
+            msg = convert.fill_outcome(SpatialAnswer(), outcome)
+            convert.fill_request_echo(msg, request, outcome.sampling, interface)
+            msg.header.stamp = received.to_msg()
+            msg.header.frame_id = self.intake.last_frame_id if self.intake else ""
+            self._answers_pub.publish(msg)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"could not publish ~/answers: {exc}")
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        try:
+            geometry = self.geometry.stats() if self.geometry is not None else None
+            array = build_diagnostics(
+                self.get_fully_qualified_name(), self.get_clock().now().to_msg(), self._state_label,
+                self.buffer.stats() if self.buffer is not None else None,
+                self.intake.error_counts() if self.intake is not None else {},
+                {k: v for k, v in (geometry or {}).items() if isinstance(v, (int, float))} or None,
+                self.engine.stats() if self.engine is not None else None,
+                dict(self._model_info),
+                age_since(self.intake.last_frame_monotonic) if self.intake is not None else None)
+            self._diag_pub.publish(array)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"diagnostics failed: {exc}", throttle_duration_sec=10.0)
+
+
+def _descriptor(name: str):
+    from rcl_interfaces.msg import ParameterDescriptor
+    return ParameterDescriptor(description=NodeConfig.describe(name))
+
+
+def _engine_config(config: NodeConfig) -> EngineConfig:
+    return EngineConfig(
+        num_frames=config.num_frames, max_num_frames=max(64, config.num_frames),
+        sampling=config.sampling, max_new_tokens=config.max_new_tokens,
+        max_new_tokens_limit=max(512, config.max_new_tokens), timeout_s=config.query_timeout_s,
+        max_timeout_s=max(600.0, config.query_timeout_s), max_waiting=config.query_queue_size,
+        max_question_chars=config.max_question_chars, max_request_bytes=config.max_request_bytes)
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point `spatial_mllm_node` (console script and `ros2 run`)."""
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = None
+    try:
+        node = SpatialMllmNode()
+        executor = MultiThreadedExecutor(
+            num_threads=int(node.get_parameter("query_queue_size").value) + 4)
+        executor.add_node(node)
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback (CLI rule)
+        print(f"spatial_mllm_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            node._teardown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

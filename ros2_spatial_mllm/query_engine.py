@@ -1,0 +1,514 @@
+"""Query engine: validated spatial questions over the frame buffer, one model run at a time.
+
+Pipeline per query: validate -> queue (bounded; full -> BUSY) -> window of buffered frames ->
+frame selection (space-aware from the geometry worker's cached voxels, uniform, or latest) ->
+``SpatialMLLM.answer`` (token streaming, ``should_stop`` for cancel/timeout) -> ``parse_answer``.
+
+Concurrency: a single runner thread executes queries in FIFO order; at most
+``EngineConfig.max_waiting`` queries wait behind the running one, more are answered BUSY at
+once. Each query has a deadline (submit time + timeout) covering queue wait and inference; a
+query past its deadline answers TIMEOUT (the model is asked to stop at its next token).
+``QueryHandle.cancel()`` answers CANCELLED at once and stops the model at its next token.
+The model's own lock (``model_lock``) is shared with the geometry worker so that both never
+run the network concurrently.
+
+Error codes (``ErrorCode``, mirrored as uint8 constants in srv/AskSpatial.srv):
+    OK=0 answered; NO_FRAMES=1 buffer empty; EMPTY_WINDOW=2 no frame in the window;
+    BAD_REQUEST=3 invalid question/options/window/num_frames/sampling/limits; BUSY=4 queue full;
+    TIMEOUT=5 deadline passed; MODEL_NOT_READY=6 model not loaded; INTERNAL=7 unexpected error;
+    CANCELLED=8 cancelled by the client or by unload/shutdown.
+No rclpy here: the node converts ROS messages to ``QueryRequest`` and ``QueryResponse`` back.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import logging
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+from ros2_spatial_mllm.parsing import ParsedAnswer, parse_answer
+from ros2_spatial_mllm.prompts import normalize_options
+
+__all__ = ["ErrorCode", "ModelState", "SAMPLING_MODES", "LATENCY_KEYS", "QueryRequest",
+           "QueryResponse", "EngineConfig", "QueryHandle", "QueryEngine", "select_frames",
+           "validate_request"]
+log = logging.getLogger(__name__)
+
+
+class ErrorCode(enum.IntEnum):
+    """Outcome of a query; values are the uint8 constants of srv/AskSpatial.srv."""
+
+    OK = 0
+    NO_FRAMES = 1
+    EMPTY_WINDOW = 2
+    BAD_REQUEST = 3
+    BUSY = 4
+    TIMEOUT = 5
+    MODEL_NOT_READY = 6
+    INTERNAL = 7
+    CANCELLED = 8
+
+
+class ModelState(str, enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    ERROR = "error"
+
+
+SAMPLING_MODES = ("space_aware", "uniform", "latest")
+LATENCY_KEYS = ("queue_ms", "sampling_ms", "geometry_ms", "preprocess_ms", "spatial_encoder_ms",
+                "vision_encoder_ms", "connector_ms", "prefill_ms", "decode_ms", "total_ms")
+_MODEL_TIMING_KEYS = ("preprocess", "spatial_encoder", "vision_encoder", "connector", "prefill", "decode")
+
+
+@dataclass
+class QueryRequest:
+    """A question about buffered frames. Zero/empty fields mean "engine default"/"unbounded"."""
+
+    question: str
+    options: Sequence[str] = ()
+    t_start_ns: int = 0          # oldest stamp to consider; 0 = unbounded
+    t_end_ns: int = 0            # newest stamp to consider; 0 = unbounded
+    num_frames: int = 0          # frames given to the model; 0 = default
+    sampling: str = ""           # one of SAMPLING_MODES; "" = default
+    max_new_tokens: int = 0      # 0 = default
+    timeout_s: float = 0.0       # 0 = default
+
+
+@dataclass
+class QueryResponse:
+    """Outcome of one query. ``latency_ms`` has every key of LATENCY_KEYS (0 = stage not run)."""
+
+    code: ErrorCode
+    message: str = ""
+    answer: str = ""
+    parsed: ParsedAnswer | None = None
+    frame_stamps_ns: list[int] = field(default_factory=list)
+    coverage: float = 0.0
+    num_tokens: int = 0
+    sampling: str = ""
+    num_frames: int = 0
+    request_id: int = 0
+    latency_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LATENCY_KEYS, 0.0))
+
+    @property
+    def success(self) -> bool:
+        return self.code == ErrorCode.OK
+
+    @property
+    def answer_kind(self) -> str:
+        return self.parsed.kind if self.parsed else ""
+
+    @property
+    def value(self) -> float:
+        return float(self.parsed.value) if self.parsed and self.parsed.value is not None else math.nan
+
+    @property
+    def choice(self) -> str:
+        return (self.parsed.choice or "") if self.parsed else ""
+
+
+@dataclass
+class EngineConfig:
+    """Defaults and limits (the node maps its parameters onto these)."""
+
+    num_frames: int = 16
+    max_num_frames: int = 64
+    sampling: str = "space_aware"
+    max_new_tokens: int = 32
+    max_new_tokens_limit: int = 512
+    timeout_s: float = 30.0
+    max_timeout_s: float = 600.0
+    max_waiting: int = 4
+    max_question_chars: int = 2000
+    max_request_bytes: int = 10_000   # question + options, UTF-8
+    max_candidates: int = 128         # space-aware candidates (linspace over the window)
+
+
+def _error(code: ErrorCode, message: str, request_id: int = 0) -> QueryResponse:
+    return QueryResponse(code=code, message=message, request_id=request_id)
+
+
+def validate_request(request: QueryRequest, config: EngineConfig) -> QueryRequest | QueryResponse:
+    """Return a normalised copy of ``request`` (defaults filled, options de-lettered) or a
+    BAD_REQUEST ``QueryResponse`` naming the first problem found."""
+    def bad(msg: str) -> QueryResponse:
+        return _error(ErrorCode.BAD_REQUEST, msg)
+
+    if not isinstance(request, QueryRequest):
+        return bad(f"request must be a QueryRequest, got {type(request).__name__}")
+    question = request.question
+    if not isinstance(question, str):
+        return bad(f"question must be a string, got {type(question).__name__}")
+    question = question.strip()
+    if not question:
+        return bad("question is empty")
+    options = list(request.options or ())
+    size = len(question.encode("utf-8", "replace")) + sum(
+        len(o.encode("utf-8", "replace")) for o in options if isinstance(o, str))
+    if size > config.max_request_bytes:
+        return bad(f"request is too large ({size} bytes, limit {config.max_request_bytes})")
+    if len(question) > config.max_question_chars:
+        return bad(f"question is too long ({len(question)} characters, limit {config.max_question_chars})")
+    if "\x00" in question:
+        return bad("question contains a NUL character")
+    if options:
+        try:
+            options = normalize_options(options)
+        except ValueError as exc:
+            return bad(f"malformed options: {exc}")
+    t0, t1 = request.t_start_ns, request.t_end_ns
+    if not all(isinstance(t, (int, np.integer)) for t in (t0, t1)) or t0 < 0 or t1 < 0:
+        return bad(f"window stamps must be non-negative integers (ns), got {t0!r}, {t1!r}")
+    if t0 and t1 and t0 > t1:
+        return bad(f"window start {t0} ns is after window end {t1} ns")
+    num_frames = request.num_frames or config.num_frames
+    if not isinstance(num_frames, (int, np.integer)) or not 1 <= num_frames <= config.max_num_frames:
+        return bad(f"num_frames must be 0 (default) or 1..{config.max_num_frames}, got {request.num_frames!r}")
+    sampling = (request.sampling or config.sampling).strip().lower().replace("-", "_")
+    if sampling not in SAMPLING_MODES:
+        return bad(f"unknown sampling {request.sampling!r}; one of {', '.join(SAMPLING_MODES)}")
+    max_new_tokens = request.max_new_tokens or config.max_new_tokens
+    if not isinstance(max_new_tokens, (int, np.integer)) or not 1 <= max_new_tokens <= config.max_new_tokens_limit:
+        return bad(f"max_new_tokens must be 0 (default) or 1..{config.max_new_tokens_limit}, "
+                   f"got {request.max_new_tokens!r}")
+    timeout_s = request.timeout_s or config.timeout_s
+    if not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= config.max_timeout_s:
+        return bad(f"timeout_s must be 0 (default) or in (0, {config.max_timeout_s}], got {request.timeout_s!r}")
+    return QueryRequest(question, tuple(options), int(t0), int(t1), int(num_frames), sampling,
+                        int(max_new_tokens), float(timeout_s))
+
+
+def select_frames(frames: Sequence[Frame], k: int, mode: str, voxel_sets: Sequence[Any] | None = None,
+                  max_candidates: int = 128) -> tuple[list[int], float, str]:
+    """Choose up to ``k`` of ``frames`` (time-sorted): (indices ascending, coverage, mode used).
+
+    space_aware needs one voxel set per frame (None where geometry is missing): candidates are
+    up to ``max_candidates`` frames by linspace, restricted to those with geometry; when fewer
+    than ``k`` candidates have geometry it falls back to uniform ("uniform_fallback").
+    Coverage for uniform/latest is the fraction of frames used (1.0 when all are used).
+    """
+    n = len(frames)
+    k = min(k, n)
+    if mode == "latest":
+        return list(range(n - k, n)), k / n, "latest"
+    if mode == "space_aware" and voxel_sets is not None:
+        cand = np.unique(np.linspace(0, n - 1, min(n, max_candidates)).round().astype(int)).tolist()
+        cand = [i for i in cand if voxel_sets[i] is not None]
+        if len(cand) >= k:
+            from ros2_spatial_mllm.sampling import space_aware_sample
+            result = space_aware_sample([voxel_sets[i] for i in cand], k,
+                                        timestamps=[frames[i].stamp_ns * 1e-9 for i in cand])
+            chosen = sorted(cand[int(i)] for i in result.indices)
+            coverage = float(result.coverage) if result.coverage is not None else len(chosen) / n
+            return chosen, coverage, "space_aware"
+        mode = "uniform_fallback"
+    try:
+        from ros2_spatial_mllm.sampling import uniform_sample
+        chosen = sorted(int(i) for i in uniform_sample(n, k))
+    except ImportError:  # sampling package not available: plain linspace
+        chosen = np.unique(np.linspace(0, n - 1, k).round().astype(int)).tolist()
+    return chosen, len(chosen) / n, "uniform" if mode == "uniform" else mode
+
+
+class QueryHandle:
+    """A submitted query: ``result()`` blocks until it is answered (never past its deadline)."""
+
+    def __init__(self, engine: "QueryEngine", request: QueryRequest, request_id: int,
+                 on_token: Callable[[str], None] | None, on_stage: Callable[[str], None] | None) -> None:
+        self.engine, self.request, self.request_id = engine, request, request_id
+        self.on_token, self.on_stage = on_token, on_stage
+        self.submitted = time.monotonic()
+        self.deadline = self.submitted + request.timeout_s
+        self.cancel_requested = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._response: QueryResponse | None = None
+
+    def _finish(self, response: QueryResponse) -> bool:
+        """Set the response once; later calls are ignored. Returns True for the first call."""
+        with self._lock:
+            if self._response is not None:
+                return False
+            response.request_id = self.request_id
+            if not response.latency_ms.get("total_ms"):
+                response.latency_ms["total_ms"] = (time.monotonic() - self.submitted) * 1e3
+            self._response = response
+        self._done.set()
+        self.engine._record(response)
+        return True
+
+    def should_stop(self) -> bool:
+        return self._response is not None or self.cancel_requested or time.monotonic() > self.deadline
+
+    def cancel(self) -> bool:
+        """Cancel; the response becomes CANCELLED unless the query already finished."""
+        self.cancel_requested = True
+        self.engine._discard(self)
+        return self._finish(_error(ErrorCode.CANCELLED, "query cancelled"))
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> QueryResponse:
+        """Wait for the response; at the query deadline it is TIMEOUT. ``timeout`` (seconds)
+        bounds this call only: None is returned instead if it elapses first."""
+        wait = max(0.0, self.deadline - time.monotonic())
+        if timeout is not None and timeout < wait:
+            return self._response if self._done.wait(timeout) else None
+        if not self._done.wait(wait):
+            self.engine._discard(self)
+            self._finish(_error(ErrorCode.TIMEOUT, f"query exceeded its timeout of {self.request.timeout_s:g} s"))
+        return self._response
+
+    def _stage(self, stage: str) -> None:
+        if self.on_stage is not None:
+            try:
+                self.on_stage(stage)
+            except Exception:  # a broken client callback must not kill the query
+                log.exception("on_stage callback failed")
+
+
+class QueryEngine:
+    """Runs spatial queries for a FrameBuffer with one model (see module docstring).
+
+    ``geometry``: optional object with ``voxels_for(stamps) -> list[voxel set | None]``
+    (``GeometryWorker``). ``loader``: ``callable(**kwargs) -> model``; default
+    ``SpatialMLLM.load``.
+    """
+
+    def __init__(self, buffer: FrameBuffer, config: EngineConfig | None = None, geometry: Any = None,
+                 loader: Callable[..., Any] | None = None) -> None:
+        self.buffer, self.config, self.geometry = buffer, config or EngineConfig(), geometry
+        self._loader = loader
+        self.model_lock = threading.RLock()   # held while the network runs (queries, geometry)
+        self._state_lock = threading.Lock()
+        self._state, self._model, self._state_error = ModelState.UNLOADED, None, ""
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[QueryHandle] = collections.deque()
+        self._running: QueryHandle | None = None
+        self._ids = itertools.count(1)
+        self._stats = {"submitted": 0, "by_code": {c.name: 0 for c in ErrorCode}, "last_latency_ms": {}}
+        self._closed = False
+        self._runner = threading.Thread(target=self._run_loop, name="query-engine", daemon=True)
+        self._runner.start()
+
+    # ------------------------------------------------------------------ model lifecycle
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    @property
+    def model(self) -> Any:
+        """The loaded model, or None when not READY."""
+        return self._model if self._state == ModelState.READY else None
+
+    def load(self, **kwargs: Any) -> bool:
+        """Load the model (``SpatialMLLM.load(**kwargs)``); True on success, else state ERROR
+        with ``state_error``. Idempotent while READY."""
+        with self._state_lock:
+            if self._state == ModelState.READY:
+                return True
+            self._state = ModelState.LOADING
+        try:
+            loader = self._loader
+            if loader is None:
+                from ros2_spatial_mllm.inference import SpatialMLLM
+                loader = SpatialMLLM.load
+            model = loader(**kwargs)
+        except Exception as exc:
+            with self._state_lock:
+                self._state, self._state_error = ModelState.ERROR, f"{type(exc).__name__}: {exc}"
+            log.error("model load failed: %s", self._state_error)
+            return False
+        self.attach_model(model)
+        return True
+
+    def attach_model(self, model: Any) -> None:
+        """Use an already loaded model object (with ``answer``/``predict_geometry``)."""
+        with self._state_lock:
+            self._model, self._state, self._state_error = model, ModelState.READY, ""
+
+    @property
+    def state_error(self) -> str:
+        return self._state_error
+
+    def unload(self, close_model: bool = True) -> None:
+        """Cancel waiting and running queries, wait for the running model call to return, then
+        drop the model (``model.close()`` unless ``close_model`` is False); state UNLOADED."""
+        with self._state_lock:
+            if self._state == ModelState.UNLOADED:
+                return
+            self._state = ModelState.UNLOADING
+        self._cancel_all("model unloaded")
+        with self.model_lock:  # wait for the running model call to return
+            model, self._model = self._model, None
+            if close_model and model is not None and hasattr(model, "close"):
+                model.close()
+        with self._state_lock:
+            self._state = ModelState.UNLOADED
+
+    def shutdown(self, close_model: bool = True) -> None:
+        """Stop the runner thread (queries still waiting are CANCELLED) and unload."""
+        self._closed = True
+        self.unload(close_model)
+        with self._cv:
+            self._cv.notify_all()
+        self._runner.join(timeout=5.0)
+
+    def _discard(self, handle: QueryHandle) -> None:
+        """Take a finished/abandoned query out of the waiting queue (frees its slot)."""
+        with self._cv:
+            try:
+                self._waiting.remove(handle)
+            except ValueError:
+                pass
+
+    def _cancel_all(self, why: str) -> None:
+        with self._cv:
+            handles = list(self._waiting) + ([self._running] if self._running else [])
+            self._waiting.clear()
+        for handle in handles:
+            handle.cancel_requested = True
+            handle._finish(_error(ErrorCode.CANCELLED, why))
+
+    # ------------------------------------------------------------------ queries
+    def submit(self, request: QueryRequest, on_token: Callable[[str], None] | None = None,
+               on_stage: Callable[[str], None] | None = None) -> QueryHandle:
+        """Validate and enqueue; returns at once. Rejections (BAD_REQUEST, MODEL_NOT_READY,
+        BUSY) come back as an already finished handle."""
+        request_id = next(self._ids)
+        checked = validate_request(request, self.config)
+        handle = QueryHandle(self, checked if isinstance(checked, QueryRequest) else
+                             QueryRequest("", timeout_s=self.config.timeout_s), request_id, on_token, on_stage)
+        with self._cv:
+            self._stats["submitted"] += 1
+        if isinstance(checked, QueryResponse):
+            handle._finish(checked)
+        elif self._state != ModelState.READY or self._closed:
+            handle._finish(_error(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}"
+                                  + (f" ({self._state_error})" if self._state_error else "")))
+        else:
+            with self._cv:
+                busy = len(self._waiting) >= self.config.max_waiting
+                if not busy:
+                    self._waiting.append(handle)
+                    self._cv.notify()
+            if busy:
+                handle._finish(_error(ErrorCode.BUSY, f"query queue is full ({self.config.max_waiting} waiting)"))
+            else:
+                handle._stage("queued")
+        return handle
+
+    def ask(self, request: QueryRequest, on_token: Callable[[str], None] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> QueryResponse:
+        """Blocking ``submit(...).result()``; returns by the query's deadline at the latest."""
+        return self.submit(request, on_token, on_stage).result()
+
+    def queue_depth(self) -> tuple[int, bool]:
+        """(waiting queries, whether one is running)."""
+        with self._cv:
+            return len(self._waiting), self._running is not None
+
+    def stats(self) -> dict:
+        with self._cv:
+            out = {"state": self._state.value, "waiting": len(self._waiting),
+                   "running": self._running is not None, "submitted": self._stats["submitted"],
+                   "by_code": dict(self._stats["by_code"]),
+                   "last_latency_ms": dict(self._stats["last_latency_ms"])}
+        return out
+
+    def _record(self, response: QueryResponse) -> None:
+        with self._cv:
+            self._stats["by_code"][response.code.name] += 1
+            if response.code == ErrorCode.OK:
+                self._stats["last_latency_ms"] = dict(response.latency_ms)
+
+    def _run_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._waiting:
+                    return
+                handle = self._waiting.popleft()
+                self._running = handle
+            try:
+                if not handle.should_stop():
+                    response = self._execute(handle)
+                    handle._finish(response)
+                elif time.monotonic() > handle.deadline:
+                    handle._finish(_error(ErrorCode.TIMEOUT, "query timed out while queued"))
+            except Exception as exc:  # never let one query kill the runner
+                log.error("query %d failed: %s", handle.request_id, traceback.format_exc())
+                handle._finish(_error(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+            finally:
+                with self._cv:
+                    self._running = None
+
+    def _execute(self, handle: QueryHandle) -> QueryResponse:
+        request, t_start = handle.request, time.monotonic()
+        latency = dict.fromkeys(LATENCY_KEYS, 0.0)
+        latency["queue_ms"] = (t_start - handle.submitted) * 1e3
+        handle._stage("sampling")
+        if len(self.buffer) == 0:
+            return _error(ErrorCode.NO_FRAMES, "no frames buffered yet (is the camera topic publishing?)")
+        frames = self.buffer.window(request.t_start_ns or None, request.t_end_ns or None)
+        if not frames:
+            stats = self.buffer.stats()
+            return _error(ErrorCode.EMPTY_WINDOW,
+                          f"no frame in window [{request.t_start_ns}, {request.t_end_ns}] ns; buffer holds "
+                          f"[{stats['oldest_stamp_ns']}, {stats['newest_stamp_ns']}] ns")
+        voxel_sets = None
+        if request.sampling == "space_aware" and self.geometry is not None:
+            voxel_sets = self.geometry.voxels_for([f.stamp_ns for f in frames])
+        chosen, coverage, used = select_frames(frames, request.num_frames, request.sampling, voxel_sets,
+                                               self.config.max_candidates)
+        picked = [frames[i] for i in chosen]
+        latency["sampling_ms"] = (time.monotonic() - t_start) * 1e3
+        model = self.model
+        if model is None:
+            return _error(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}")
+        tokens: list[str] = []
+
+        def on_token(text: str) -> None:
+            if not tokens:
+                handle._stage("decoding")
+            tokens.append(text)
+            if handle.on_token is not None and not handle.should_stop():
+                handle.on_token(text)
+
+        handle._stage("encoding")
+        with self.model_lock:
+            if handle.should_stop():
+                return _error(ErrorCode.CANCELLED if handle.cancel_requested else ErrorCode.TIMEOUT, "stopped")
+            result = model.answer([np.ascontiguousarray(f.rgb) for f in picked], request.question,
+                                  list(request.options) or None, max_new_tokens=request.max_new_tokens,
+                                  on_token=on_token, should_stop=handle.should_stop)
+        if handle.cancel_requested:
+            return _error(ErrorCode.CANCELLED, "query cancelled")
+        if getattr(result, "cancelled", False) or time.monotonic() > handle.deadline:
+            return _error(ErrorCode.TIMEOUT, f"query exceeded its timeout of {request.timeout_s:g} s")
+        handle._stage("parsing")
+        timings = getattr(result, "timings_ms", {}) or {}
+        for key in _MODEL_TIMING_KEYS:
+            latency[f"{key}_ms"] = float(timings.get(key, 0.0))
+        parsed = parse_answer(result.text, list(request.options) or None)
+        note = "" if used == request.sampling else f"sampling fell back to {used}: geometry not ready"
+        response = QueryResponse(ErrorCode.OK, note, parsed.text, parsed, [f.stamp_ns for f in picked],
+                                 coverage, int(getattr(result, "num_tokens", len(tokens))),
+                                 used, len(picked), handle.request_id, latency)
+        latency["total_ms"] = (time.monotonic() - handle.submitted) * 1e3
+        return response
+

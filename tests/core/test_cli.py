@@ -1,0 +1,126 @@
+"""`spatial-mllm ask` end to end through a subprocess, on generated clips and PNG folders."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ros2_spatial_mllm.sampling.synthetic import room_scan
+
+
+def run_cli(*args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.run([sys.executable, "-m", "ros2_spatial_mllm.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_clean_error(proc, *fragments):
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def room_video(tmp_path_factory):
+    """A 24-frame 10 fps clip of a camera turning in a synthetic room (colour = depth)."""
+    path = tmp_path_factory.mktemp("clips") / "room.mp4"
+    depth, _, _, _ = room_scan(24, 56, 84)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (84, 56))
+    for d in depth:
+        writer.write(cv2.applyColorMap((np.clip(d / 4, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pngs")
+    for i in range(3):
+        cv2.imwrite(str(folder / f"img{i}.png"), np.full((56, 84, 3), 40 * i, np.uint8))
+    return folder
+
+
+def test_ask_video_space_aware_prints_one_json_object(room_video):
+    proc = run_cli("ask", "--video", room_video, "--question", "How many chairs are in the room?",
+                   "--num-frames", 4, "--max-candidates", 12, "--max-new-tokens", 4, "--unit", "m")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)  # exactly one JSON document on stdout
+    assert out["sampling"]["method"] == "space_aware"
+    frames = out["frames"]
+    assert len(frames["indices"]) == 4 and frames["indices"] == sorted(frames["indices"])
+    assert frames["candidates"] == 12 and frames["total"] == 24 and frames["fps"] == 10.0
+    candidates = np.linspace(0, 23, 12).astype(int).tolist()
+    assert set(frames["indices"]) <= set(candidates)
+    assert frames["timestamps_s"] == pytest.approx([i / 10.0 for i in frames["indices"]])
+    assert 0.0 < out["sampling"]["coverage"] <= 1.0 and len(out["sampling"]["gains"]) == 4
+    assert out["parsed"]["kind"] in {"number", "text", "choice"}
+    timings = out["timings_ms"]
+    for key in ("read_video", "load_model", "geometry", "voxelize", "pick", "sampling", "model_total", "total"):
+        assert timings[key] >= 0.0, key
+    assert timings["sampling"] == pytest.approx(timings["geometry"] + timings["voxelize"] + timings["pick"], abs=0.01)
+    assert out["model"]["preset"] == "tiny" and out["num_tokens"] <= 4
+
+
+def test_ask_folder_uniform_with_options_and_clamp(png_folder):
+    proc = run_cli("ask", "--video", png_folder, "--question", "Which is closer?", "--options", "chair", "table",
+                   "--sampling", "uniform", "--num-frames", 8, "--allow-fewer-frames", "--fps", 2,
+                   "--max-new-tokens", 2)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["frames"]["indices"] == [0, 1, 2] and out["frames"]["timestamps_s"] == [0.0, 0.5, 1.0]
+    assert out["sampling"] == {"method": "uniform", "coverage": None, "voxel_size": None, "num_voxels": 0,
+                               "gains": []}
+    assert out["options"] == ["chair", "table"]
+
+
+def test_fewer_frames_than_asked_is_an_error_by_default(png_folder):
+    assert_clean_error(run_cli("ask", "--video", png_folder, "--question", "q?", "--num-frames", 8),
+                       "fewer than --num-frames 8", "--allow-fewer-frames")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["ask", "--video", "/nonexistent/clip.mp4", "--question", "q?"], "no such file"),
+    (["ask", "--video", "{video}", "--question", "   "], "question is empty"),
+    (["ask", "--video", "{video}", "--question", "q?", "--options", "only-one"], "at least 2 options"),
+    (["ask", "--video", "{video}", "--question", "q?", "--num-frames", "0"], "positive integer"),
+    (["ask", "--video", "{video}", "--question", "q?", "--sampling", "random"], "invalid choice"),
+    (["ask", "--video", "{video}", "--question", "q?", "--model", "/nonexistent/model"], "local checkpoint"),
+    (["ask", "--video", "{video}", "--question", "q?", "--unit", "furlong"], "unknown unit"),
+    (["ask", "--question", "q?"], "--video"),
+    ([], "missing command"),
+])
+def test_bad_input_one_line_no_traceback(room_video, args, fragment):
+    args = [str(room_video) if a == "{video}" else a for a in args]
+    assert_clean_error(run_cli(*args), fragment)
+
+
+def test_unreadable_and_empty_inputs(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video at all")
+    assert_clean_error(run_cli("ask", "--video", bad, "--question", "q?"), "cannot open video")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_error(run_cli("ask", "--video", empty, "--question", "q?"), "no images")
+
+
+def test_debug_flag_prints_traceback(tmp_path):
+    proc = run_cli("ask", "--video", tmp_path / "missing.mp4", "--question", "q?", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no such file")
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("spatial-mllm")
+    if not script.exists():
+        pytest.skip(f"console script not installed next to {sys.executable} (pip install -e .)")
+    proc = subprocess.run([str(script), "ask", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--num-frames" in proc.stdout

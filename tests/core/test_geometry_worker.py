@@ -1,0 +1,142 @@
+"""GeometryWorker: per-frame voxel sets from sensor depth+pose or model heads, cached and evicted.
+
+The chaining test uses ``GroundTruthGeometry``: a geometry source that answers predict_geometry
+with the synthetic renderer's exact depth and poses (relative to the batch's first frame, with a
+different scale per batch, as VGGT does). It checks the worker's anchoring arithmetic against
+known poses, which a random-weight model cannot; the real tiny model is exercised separately.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+from ros2_spatial_mllm.bag import synthetic
+from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+from ros2_spatial_mllm.geometry_worker import GeometryWorker, unproject_depth
+from ros2_spatial_mllm.sampling import FrameVoxels, space_aware_sample
+
+S = 10**9
+HW = (48, 64)
+SCENE = synthetic.default_scene()
+K = synthetic.intrinsics_for(HW[1], HW[0])
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    poses = synthetic.orbit_poses(8)
+    return [(pose, *synthetic.render(SCENE, pose, K, HW)) for pose in poses]
+
+
+def sensor_frame(i, item):
+    pose, rgb, depth = item
+    return Frame(i * S, "cam", rgb, depth, K, pose)
+
+
+def test_unproject_depth_recovers_rendered_box_geometry(rendered):
+    pose, _, depth = rendered[0]
+    points = unproject_depth(depth, K, pose, max_side=64)
+    finite = points[np.isfinite(points).all(-1)]
+    assert finite.shape[0] == HW[0] * HW[1]
+    assert finite[:, 2].min() > -1e-3                 # nothing below the floor
+    assert finite[:, :2].max() <= SCENE.room_m / 2 + 1e-3
+    bad = depth.copy()
+    bad[0, 0] = np.nan
+    assert np.isnan(unproject_depth(bad, K, pose)[0, 0]).all()
+
+
+def test_sensor_frames_get_voxels_off_the_caller_thread_and_leave_with_eviction(rendered):
+    buf = FrameBuffer(max_frames=5)
+    worker = GeometryWorker(buf)
+    callers = []
+    worker.build_voxels = lambda pts, conf: (callers.append(threading.current_thread().name),
+                                             FrameVoxels.from_points(pts, conf, conf_percentile=None))[1]
+    for i, item in enumerate(rendered):
+        buf.add(sensor_frame(i, item))
+    assert worker.wait_idle(10)
+    worker.stop()
+    stamps = buf.stamps()
+    voxels = worker.voxels_for(stamps)
+    assert all(v is not None and not v.empty for v in voxels)
+    assert set(callers) == {"geometry-worker"}
+    assert worker.voxels_for([0, 1 * S]) == [None, None]          # evicted with the buffer
+    stats = worker.stats()
+    assert stats["sensor"] + stats["dropped_evicted"] == 8 and stats["cached"] == 5
+    result = space_aware_sample(voxels, 3)
+    assert len(result.indices) == 3 and 0 < result.coverage <= 1
+
+
+def test_queue_full_drops_oldest_pending_and_counts(rendered):
+    buf = FrameBuffer(max_frames=50)
+    worker = GeometryWorker(buf, queue_size=2, autostart=False)
+    for i, item in enumerate(rendered[:5]):
+        buf.add(sensor_frame(i, item))
+    assert worker.stats()["dropped_queue_full"] == 3 and worker.stats()["pending"] == 2
+    worker.start()
+    assert worker.wait_idle(10)
+    worker.stop()
+    assert worker.voxels_for([3 * S, 4 * S])[0] is not None and worker.voxels_for([0])[0] is None
+
+
+class GroundTruthGeometry:
+    """predict_geometry from the renderer: exact depth and poses, world = first frame, scale s."""
+
+    def __init__(self, items):
+        self.by_image = {item[1].tobytes(): item for item in items}
+        self.calls = 0
+
+    def predict_geometry(self, frames):
+        self.calls += 1
+        scale = 0.5 + 0.37 * self.calls                 # a different scale every batch
+        items = [self.by_image[f.tobytes()] for f in frames]
+        first_from_world = np.linalg.inv(items[0][0])
+        extrinsics = []
+        for pose, _, _ in items:
+            cam_from_first = np.linalg.inv(first_from_world @ pose)
+            cam_from_first[:3, 3] *= scale
+            extrinsics.append(cam_from_first[:3])
+        depth = np.stack([d for _, _, d in items]) * scale
+        return {"depth": depth.astype(np.float32), "depth_conf": np.full(depth.shape, 2.0, np.float32),
+                "extrinsics": np.stack(extrinsics).astype(np.float32), "intrinsics": np.stack([K] * len(items))}
+
+
+def test_model_chunks_share_one_world_frame_and_scale_across_reanchoring(rendered):
+    buf = FrameBuffer(max_frames=4)                     # the reference gets evicted -> re-anchor
+    oracle = GroundTruthGeometry(rendered)
+    worker = GeometryWorker(buf, model_provider=lambda: oracle, chunk_size=3, autostart=False)
+    estimates = {}
+    for i, (pose, rgb, _) in enumerate(rendered):
+        buf.add(Frame(i * S, "cam", rgb))              # rgb only: model-head path
+        worker.start()
+        assert worker.wait_idle(10)
+        worker.stop()
+        for stamp in buf.stamps():
+            entry = worker.entry(stamp)
+            if entry is not None:
+                estimates[stamp // S] = entry.world_from_camera
+    stats = worker.stats()
+    assert stats["model"] == 8 and stats["reanchored"] >= 1 and oracle.calls >= 4
+    first_from_world = np.linalg.inv(rendered[0][0])
+    scale0 = 0.5 + 0.37                                 # world scale = the first batch's
+    for i, est in estimates.items():
+        truth = first_from_world @ rendered[i][0]
+        np.testing.assert_allclose(est[:3, :3], truth[:3, :3], atol=1e-4)
+        np.testing.assert_allclose(est[:3, 3], truth[:3, 3] * scale0, atol=1e-3)
+
+
+def test_model_path_waits_for_model_and_uses_the_real_tiny_model(rendered):
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    buf = FrameBuffer(max_frames=10)
+    holder = {"model": None}
+    lock = threading.RLock()
+    worker = GeometryWorker(buf, model_provider=lambda: holder["model"], model_lock=lock, chunk_size=4)
+    for i, (_, rgb, _) in enumerate(rendered[:6]):
+        buf.add(Frame(i * S, "cam", rgb))
+    assert worker.wait_idle(1) and worker.stats()["pending"] == 6 and worker.stats()["model"] == 0
+    holder["model"] = SpatialMLLM.load()
+    worker.notify_model_ready()
+    assert worker.wait_idle(60)
+    worker.stop()
+    voxels = worker.voxels_for(buf.stamps())
+    assert all(isinstance(v, FrameVoxels) for v in voxels)
+    assert worker.stats()["model"] == 6 and worker.stats()["errors"] == 0
+    holder["model"].close()

@@ -1,0 +1,198 @@
+"""QueryEngine with the real tiny model: validation, error codes, BUSY/timeout/cancel, streaming.
+
+Concurrency cases hold ``engine.model_lock`` from the test (exactly what a geometry chunk in
+progress does) so the running query is provably inside the engine while others queue.
+"""
+import math
+import time
+
+import numpy as np
+import pytest
+
+from ros2_spatial_mllm.bag import synthetic
+from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+from ros2_spatial_mllm.geometry_worker import GeometryWorker
+from ros2_spatial_mllm.query_engine import (
+    LATENCY_KEYS, EngineConfig, ErrorCode, ModelState, QueryEngine, QueryRequest, select_frames,
+    validate_request,
+)
+
+S = 10**9
+HW = (48, 64)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    m = SpatialMLLM.load()
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def scene_frames():
+    K = synthetic.intrinsics_for(HW[1], HW[0])
+    out = []
+    for i, pose in enumerate(synthetic.orbit_poses(12)):
+        rgb, depth = synthetic.render(synthetic.default_scene(), pose, K, HW)
+        out.append(Frame((100 + i) * S, "cam", rgb, depth, K, pose))
+    return out
+
+
+@pytest.fixture
+def engine(model, scene_frames):
+    buf = FrameBuffer(max_frames=64)
+    eng = QueryEngine(buf, EngineConfig(num_frames=4, max_waiting=2, timeout_s=20.0))
+    worker = GeometryWorker(buf, model_provider=lambda: eng.model, model_lock=eng.model_lock)
+    eng.geometry = worker
+    eng.attach_model(model)
+    for f in scene_frames:
+        buf.add(f)
+    assert worker.wait_idle(20)
+    yield eng
+    worker.stop()
+    eng.shutdown(close_model=False)      # the module's model is shared by the tests
+
+
+@pytest.mark.parametrize("request_kwargs,match", [
+    (dict(question="   "), "question is empty"),
+    (dict(question="x" * 2001), "too long"),
+    (dict(question="é" * 1900, options=[str(i) * 400 for i in range(16)]), "too large .* bytes"),
+    (dict(question="q" * 10_001), "too large"),
+    (dict(question="q" * 10_000), "too long"),
+    (dict(question="q", options=["only one"]), "malformed options: .*at least 2"),
+    (dict(question="q", options=["A. x", "C. y"]), "malformed options"),
+    (dict(question="q", options=["same", "Same"]), "distinct"),
+    (dict(question="q", num_frames=-1), "num_frames"),
+    (dict(question="q", num_frames=65), "num_frames"),
+    (dict(question="q", sampling="random"), "unknown sampling 'random'"),
+    (dict(question="q", t_start_ns=5 * S, t_end_ns=4 * S), "window start .* after window end"),
+    (dict(question="q", t_start_ns=-1), "non-negative"),
+    (dict(question="q", max_new_tokens=10_000), "max_new_tokens"),
+    (dict(question="q", timeout_s=-2.0), "timeout_s"),
+    (dict(question="bad\x00nul"), "NUL"),
+])
+def test_validation_rejects_bad_requests_with_reason(request_kwargs, match):
+    out = validate_request(QueryRequest(**request_kwargs), EngineConfig())
+    assert out.code == ErrorCode.BAD_REQUEST
+    assert pytest.importorskip("re").search(match, out.message), out.message
+
+
+def test_validation_normalises_defaults_and_lettered_options():
+    out = validate_request(QueryRequest("  How far?  ", options=["A. left", "B. right"], sampling="Space-Aware"),
+                           EngineConfig(num_frames=8))
+    assert isinstance(out, QueryRequest)
+    assert out.question == "How far?" and out.options == ("left", "right")
+    assert out.sampling == "space_aware" and out.num_frames == 8 and out.timeout_s == 30.0
+
+
+def test_error_codes_match_the_service_definition():
+    assert [(c.name, c.value) for c in ErrorCode] == [
+        ("OK", 0), ("NO_FRAMES", 1), ("EMPTY_WINDOW", 2), ("BAD_REQUEST", 3), ("BUSY", 4), ("TIMEOUT", 5),
+        ("MODEL_NOT_READY", 6), ("INTERNAL", 7), ("CANCELLED", 8)]
+
+
+def test_model_not_ready_before_load_and_after_failed_load():
+    eng = QueryEngine(FrameBuffer())
+    assert eng.ask(QueryRequest("How many boxes?")).code == ErrorCode.MODEL_NOT_READY
+    assert not eng.load(model="/nonexistent/checkpoint")
+    assert eng.state == ModelState.ERROR
+    out = eng.ask(QueryRequest("How many boxes?"))
+    assert out.code == ErrorCode.MODEL_NOT_READY and "error" in out.message
+    eng.shutdown()
+
+
+def test_no_frames_and_empty_window(model):
+    buf = FrameBuffer()
+    eng = QueryEngine(buf)
+    eng.attach_model(model)
+    assert eng.ask(QueryRequest("How many boxes?")).code == ErrorCode.NO_FRAMES
+    buf.add(Frame(5 * S, "cam", np.zeros((8, 8, 3), np.uint8)))
+    out = eng.ask(QueryRequest("How many boxes?", t_start_ns=10 * S, t_end_ns=20 * S))
+    assert out.code == ErrorCode.EMPTY_WINDOW and "5000000000" in out.message
+    eng.shutdown(close_model=False)
+
+
+def test_answer_space_aware_with_streaming_stages_and_latency(engine, scene_frames):
+    pieces, stages = [], []
+    out = engine.ask(QueryRequest("How many red boxes are in the room?", num_frames=4, max_new_tokens=6,
+                                  t_start_ns=101 * S, t_end_ns=110 * S),
+                     on_token=pieces.append, on_stage=stages.append)
+    assert out.code == ErrorCode.OK and out.success, out.message
+    assert out.sampling == "space_aware" and 0 < out.coverage <= 1
+    assert len(out.frame_stamps_ns) == 4 and out.frame_stamps_ns == sorted(out.frame_stamps_ns)
+    assert all(101 * S <= s <= 110 * S for s in out.frame_stamps_ns)
+    assert out.num_tokens == 6 and "".join(pieces).strip() == out.answer.strip()
+    assert stages[:3] == ["queued", "sampling", "encoding"] and stages[-1] == "parsing"
+    assert set(out.latency_ms) == set(LATENCY_KEYS)
+    assert out.latency_ms["spatial_encoder_ms"] > 0 and out.latency_ms["decode_ms"] > 0
+    assert out.latency_ms["total_ms"] >= out.latency_ms["prefill_ms"]
+    assert out.answer_kind in ("number", "choice", "text") and isinstance(out.value, float)
+
+
+def test_uniform_latest_and_fallback_without_geometry(engine, scene_frames):
+    out = engine.ask(QueryRequest("Which colour?", options=["Red", "Green"], sampling="latest",
+                                  num_frames=3, max_new_tokens=2))
+    assert out.code == ErrorCode.OK and out.frame_stamps_ns == [f.stamp_ns for f in scene_frames[-3:]]
+    assert out.choice in ("", "A", "B")
+    out = engine.ask(QueryRequest("How many?", sampling="uniform", num_frames=12, max_new_tokens=1))
+    assert out.code == ErrorCode.OK and out.coverage == 1.0 and len(out.frame_stamps_ns) == 12
+    chosen, coverage, used = select_frames(scene_frames, 4, "space_aware", [None] * len(scene_frames))
+    assert used == "uniform_fallback" and len(chosen) == 4 and coverage == pytest.approx(4 / 12)
+
+
+def test_busy_when_queue_is_full(engine):
+    req = QueryRequest("How many boxes?", max_new_tokens=1)
+    with engine.model_lock:                     # the first query runs and blocks on the lock
+        running = engine.submit(req)
+        deadline = time.monotonic() + 5
+        while engine.queue_depth() != (0, True) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiting = [engine.submit(req) for _ in range(2)]
+        rejected = engine.submit(req)
+        assert rejected.done() and rejected.result().code == ErrorCode.BUSY
+        assert "2 waiting" in rejected.result().message
+    assert running.result().code == ErrorCode.OK
+    assert all(h.result().code == ErrorCode.OK for h in waiting)
+    assert engine.stats()["by_code"]["BUSY"] >= 1
+
+
+def test_timeout_returns_by_the_deadline(engine):
+    with engine.model_lock:
+        start = time.monotonic()
+        out = engine.ask(QueryRequest("How many boxes?", timeout_s=0.3))
+        elapsed = time.monotonic() - start
+    assert out.code == ErrorCode.TIMEOUT and "0.3 s" in out.message
+    assert 0.25 <= elapsed < 1.5
+    later = engine.ask(QueryRequest("How many boxes?", max_new_tokens=1))   # engine still serves
+    assert later.code == ErrorCode.OK
+
+
+def test_cancel_running_and_waiting_queries(engine):
+    stages = []
+    with engine.model_lock:
+        running = engine.submit(QueryRequest("How many boxes?"), on_stage=stages.append)
+        waiting = engine.submit(QueryRequest("How many boxes?"))
+        assert waiting.cancel() and running.cancel()
+        assert running.result().code == ErrorCode.CANCELLED and waiting.result().code == ErrorCode.CANCELLED
+        assert not running.cancel()                      # already finished: no second outcome
+    assert "queued" in stages
+    assert engine.ask(QueryRequest("How many boxes?", max_new_tokens=1)).code == ErrorCode.OK
+
+
+def test_unload_cancels_waiting_and_rejects_new_queries(model, scene_frames):
+    buf = FrameBuffer()
+    buf.add(scene_frames[0])
+    eng = QueryEngine(buf, EngineConfig(max_waiting=3))
+    eng.attach_model(model)
+    with eng.model_lock:                         # re-entrant: unload below does not block here
+        handles = [eng.submit(QueryRequest("How many boxes?")) for _ in range(3)]
+        eng.unload(close_model=False)
+    assert all(h.result().code == ErrorCode.CANCELLED for h in handles)
+    assert eng.state == ModelState.UNLOADED and eng.model is None
+    out = eng.ask(QueryRequest("How many boxes?"))
+    assert out.code == ErrorCode.MODEL_NOT_READY and "unloaded" in out.message
+    assert math.isnan(out.value) and out.answer_kind == ""
+    eng.attach_model(model)                      # activate again
+    assert eng.ask(QueryRequest("How many boxes?", max_new_tokens=1)).code == ErrorCode.OK
+    eng.shutdown(close_model=False)

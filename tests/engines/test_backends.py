@@ -1,0 +1,92 @@
+"""Encoder backends: selection, PyTorch vs ONNX Runtime parity, wiring into SpatialMLLM."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_spatial_mllm.backends import (BACKEND_NAMES, attach_backend, get_backend,
+                                        release_torch_encoders)
+from ros2_spatial_mllm.backends.tensorrt_backend import engine_plan
+
+
+def test_unknown_backend_lists_choices(tiny_model):
+    with pytest.raises(ValueError, match="torch, onnxruntime, tensorrt"):
+        get_backend("tflite", tiny_model)
+    with pytest.raises(ValueError, match="onnx_dir"):
+        get_backend("onnxruntime", tiny_model)
+    assert BACKEND_NAMES == ("torch", "onnxruntime", "tensorrt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
+                    reason="TensorRT + CUDA present: the error path is not reachable")
+def test_tensorrt_backend_without_tensorrt_says_so(tiny_model, tiny_onnx_dir):
+    from engines.trt_builder import TensorRTUnavailableError
+    with pytest.raises(TensorRTUnavailableError, match="needs TensorRT \\+ CUDA GPU"):
+        get_backend("tensorrt", tiny_model, onnx_dir=tiny_onnx_dir)
+
+
+def test_engine_plan_reads_export_manifest(tiny_onnx_dir, tmp_path):
+    plan = {component: (path, profiles) for component, path, profiles in engine_plan(tiny_onnx_dir)}
+    assert set(plan) == {"spatial_encoder", "spatial_geometry", "vision_encoder", "connector"}
+    path, profiles = plan["spatial_encoder"]
+    assert path.is_file() and profiles[0].range_of("images").max_shape == (1, 32, 3, 644, 644)
+    with pytest.raises(FileNotFoundError, match="spatial-mllm-engines export"):
+        engine_plan(tmp_path)
+
+
+def test_torch_backend_matches_model_fuse_video(tiny_model):
+    from ros2_spatial_mllm.model.processing import VideoProcessingConfig, patchify_video
+    frames = torch.rand(1, 4, 3, 112, 168)
+    pixel_values, grid = patchify_video(frames[0], VideoProcessingConfig())
+    with torch.no_grad():
+        ref = tiny_model.fuse_video(pixel_values, grid, frames)
+    fused = get_backend("torch", tiny_model).fuse_video(frames)
+    torch.testing.assert_close(fused, ref, atol=0, rtol=0)
+
+
+def test_backend_rejects_bad_frames(tiny_model):
+    backend = get_backend("torch", tiny_model)
+    with pytest.raises(ValueError, match="pad to a multiple of 2"):
+        backend.fuse_video(torch.rand(1, 3, 3, 112, 112))
+    with pytest.raises(ValueError, match="multiple of 28"):
+        backend.fuse_video(torch.rand(1, 2, 3, 112, 126))
+
+
+def test_onnxruntime_backend_matches_torch(tiny_model, tiny_onnx_dir):
+    """Same float32 thresholds as test_export_parity (see its docstring)."""
+    ort_backend = get_backend("onnxruntime", tiny_model, onnx_dir=tiny_onnx_dir)
+    torch_backend = get_backend("torch", tiny_model)
+    frames = torch.rand(1, 6, 3, 168, 224)
+    fused_ort, fused_torch = ort_backend.fuse_video(frames), torch_backend.fuse_video(frames)
+    assert fused_ort.shape == fused_torch.shape == (3 * 6 * 8, 64)
+    torch.testing.assert_close(fused_ort, fused_torch, atol=1e-4, rtol=1e-4)
+    geo_ort, geo_torch = ort_backend.spatial_geometry(frames), torch_backend.spatial_geometry(frames)
+    for key in ("pose_enc", "depth", "depth_conf"):
+        torch.testing.assert_close(geo_ort[key], geo_torch[key], atol=1e-4, rtol=1e-4)
+
+
+def test_attached_onnx_backend_answers_like_torch(tiny_onnx_dir):
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(4)]
+    reference = SpatialMLLM.load()
+    expected = reference.answer(frames, "How many chairs are there?", max_new_tokens=6)
+    engine = SpatialMLLM.load()
+    backend = get_backend("onnxruntime", engine.model, onnx_dir=tiny_onnx_dir)
+    attach_backend(engine.model, backend)
+    released = release_torch_encoders(engine.model, backend)
+    assert released > 0 and engine.model.model.visual.patch_embed.proj.weight.is_meta
+    assert engine.model.spatial_encoder.vggt_model.aggregator.camera_token.is_meta
+    calls = []
+    original = backend.spatial_encoder
+    backend.spatial_encoder = lambda x: calls.append(tuple(x.shape)) or original(x)
+    got = engine.answer(frames, "How many chairs are there?", max_new_tokens=6)
+    assert calls, "the spatial encoder did not run through the ONNX backend"
+    assert got.text == expected.text and got.num_tokens == expected.num_tokens
+    geometry = engine.predict_geometry(np.stack(frames))
+    expected_geometry = reference.predict_geometry(np.stack(frames))
+    for key in ("depth", "depth_conf", "extrinsics", "intrinsics"):
+        np.testing.assert_allclose(geometry[key], expected_geometry[key], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs the PyTorch encoders"):
+        release_torch_encoders(reference.model, get_backend("torch", reference.model))

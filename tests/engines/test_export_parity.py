@@ -1,0 +1,112 @@
+"""ONNX export of the tiny preset: dynamic frames / image size, parity with PyTorch (ORT CPU).
+
+Thresholds. Both sides run float32; the only differences are summation order (ONNX Runtime's
+fused GEMM/attention/LayerNorm kernels vs PyTorch's) and exp/erf implementations. float32 eps is
+1.2e-7; a dot product of K terms carries ~sqrt(K)*eps relative error and the tiny encoders chain
+~12 residual blocks (K <= 256), so about 12 * 16 * 1.2e-7 ~ 2.3e-5 relative per element. We
+allow max|onnx - torch| <= 1e-4 * max(1, max|torch|) and a global relative error
+||onnx - torch|| / ||torch|| <= 1e-5 (measured: ~1e-6 and ~1e-7). A real export fault (a frame
+count or image size baked into the graph, a wrong axis order, a missing window mask) gives
+O(1) errors, four orders of magnitude above these bounds.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ort = pytest.importorskip("onnxruntime")
+
+from engines.export import COMPONENTS, ExportRanges, component_profiles  # noqa: E402
+from engines.trt_builder import check_profiles_against_inputs, onnx_inputs_and_types  # noqa: E402
+from ros2_spatial_mllm.model.connector import pack_spatial_tokens  # noqa: E402
+from ros2_spatial_mllm.model.processing import VideoProcessingConfig, patchify_video  # noqa: E402
+
+# (frames, height, width): the nominal tiny size, more frames + other aspect, odd grid (2 windows)
+SIZES = [(2, 112, 112), (6, 224, 168), (4, 140, 196)]
+
+
+def assert_parity(onnx_out: np.ndarray, torch_out: torch.Tensor) -> None:
+    ref = torch_out.detach().float().numpy()
+    assert onnx_out.shape == ref.shape
+    max_abs = float(np.abs(onnx_out - ref).max())
+    rel = float(np.linalg.norm(onnx_out - ref) / max(np.linalg.norm(ref), 1e-12))
+    assert max_abs <= 1e-4 * max(1.0, float(np.abs(ref).max())), max_abs
+    assert rel <= 1e-5, rel
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tiny_onnx_dir):
+    model, out = tiny_model, tiny_onnx_dir
+    manifest = json.loads((out / "export_manifest.json").read_text())
+    sessions = {c: ort.InferenceSession(str(out / f"{c}.onnx"), providers=["CPUExecutionProvider"])
+                for c in COMPONENTS}
+    return model, out, manifest, sessions
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_spatial_encoder_parity(exported, size):
+    model, _, _, sessions = exported
+    x = torch.rand(1, size[0], 3, size[1], size[2])
+    with torch.no_grad():
+        ref, start = model.spatial_encoder(x)
+    (out,) = sessions["spatial_encoder"].run(None, {"images": x.numpy()})
+    assert start == 5 and out.shape[2] == 5 + (size[1] // 14) * (size[2] // 14)
+    assert_parity(out, ref)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_spatial_geometry_parity(exported, size):
+    model, _, _, sessions = exported
+    x = torch.rand(1, size[0], 3, size[1], size[2])
+    with torch.no_grad():
+        ref = model.spatial_encoder.vggt_model(x)
+    pose, depth, conf = sessions["spatial_geometry"].run(None, {"images": x.numpy()})
+    assert_parity(pose, ref["pose_enc"])
+    assert_parity(depth, ref["depth"])
+    assert_parity(conf, ref["depth_conf"])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_vision_encoder_parity_with_qwen_vision_tower(exported, size):
+    model, _, _, sessions = exported
+    x = torch.rand(1, size[0], 3, size[1], size[2])
+    pixel_values, grid = patchify_video(x[0], VideoProcessingConfig())
+    with torch.no_grad():
+        ref = model.video_embeds(pixel_values, grid)  # transformers' cu_seqlens/window path
+    (out,) = sessions["vision_encoder"].run(None, {"frames": x.numpy()})
+    assert_parity(out, ref)
+
+
+def test_connector_parity_and_fusion(exported):
+    model, _, _, sessions = exported
+    frames, height, width = 6, 224, 168
+    gh, gw = height // 14, width // 14
+    spatial = torch.randn(1, frames, 5 + gh * gw, 2 * model.spatial_encoder.vggt_config.embed_dim)
+    grid = torch.tensor([[frames // 2, gh, gw]])
+    with torch.no_grad():
+        ref = model.connector.spatial_embeds(spatial, 5, grid)
+    packed = pack_spatial_tokens(spatial[:, :, 5:], gh, gw).numpy()
+    (out,) = sessions["connector"].run(None, {"packed_spatial": packed})
+    assert_parity(out, ref)
+
+
+def test_manifest_profiles_match_onnx_inputs(exported):
+    model, out, manifest, _ = exported
+    saved = json.loads((out / "export_manifest.json").read_text())
+    assert saved["components"].keys() == set(COMPONENTS)
+    for component, entry in saved["components"].items():
+        assert len(entry["onnx_sha256"]) == 64
+        inputs, float_types, has_qdq = onnx_inputs_and_types(out / entry["onnx"])
+        assert float_types == {"float"} and not has_qdq
+        profiles = component_profiles(component, ExportRanges(), model.connector.merged_dim)
+        check_profiles_against_inputs(inputs, profiles)  # the builder would accept them
+        assert all(-1 in dims for dims in inputs.values())  # dynamic axes really are dynamic
+
+
+def test_export_ranges_validation():
+    with pytest.raises(ValueError, match="even"):
+        ExportRanges(frames=(1, 16, 32)).validate()
+    with pytest.raises(ValueError, match="multiples of 28"):
+        ExportRanges(height=(100, 476, 644)).validate()
+    assert ExportRanges().tokens() == (1 * 4 * 4, 8 * 17 * 23, 16 * 23 * 23)

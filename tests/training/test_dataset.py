@@ -1,0 +1,50 @@
+"""Dataset generation: files, resume, disjoint splits, Hugging Face loading."""
+import json
+
+from training.data.cli import main as data_main
+from training.data.splits import SPLIT_SEED_BASE, scene_jobs, split_counts
+
+
+def test_split_seeds_are_disjoint():
+    jobs = scene_jobs(1000)
+    assert split_counts(1000) == [800, 100, 100]
+    seeds = {}
+    for split, seed, _ in jobs:
+        seeds.setdefault(split, set()).add(seed)
+    assert not (seeds["train"] & seeds["val"]) and not (seeds["val"] & seeds["test"]) and not (seeds["train"] & seeds["test"])
+    assert min(seeds["test"]) == SPLIT_SEED_BASE["test"]
+
+
+def test_generate_resume_and_load(tmp_path, capsys):
+    out = tmp_path / "ds"
+    args = ["generate", "--scenes", "3", "--questions-per-scene", "12", "--out", str(out), "--workers", "1",
+            "--frames", "12", "--width", "96", "--height", "72", "--no-progress", "--save-depth"]
+    assert data_main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["generated_now"] == 3 and first["questions"] == 36
+    assert {s: v["scenes"] for s, v in first["splits"].items()} == {"train": 1, "val": 1, "test": 1}
+    assert data_main(args) == 0                              # resume: nothing left to do
+    again = json.loads(capsys.readouterr().out)
+    assert again["generated_now"] == 0 and again["questions"] == 36
+    rows = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    row = rows[0]
+    for key in ("question", "options", "answer", "task_type", "scene_id", "frame_indices", "frames_path"):
+        assert key in row
+    for r in rows:
+        for idx in r["frame_indices"]:
+            assert (out / r["frames_path"] / f"{idx:06d}.jpg").is_file()
+    assert {r["family"] for r in rows} == {"vsibench", "multispa"}
+    assert (out / "scenes" / "test" / row["scene_id"] / "depth" / "000000.png").is_file()
+    train_scenes = {json.loads(l)["scene_id"] for l in (out / "train.jsonl").read_text().splitlines()}
+    assert not train_scenes & {r["scene_id"] for r in rows}
+    from datasets import load_dataset
+    ds = load_dataset("parquet", data_files={"test": str(out / "test.parquet")}, cache_dir=str(tmp_path / "hf"))["test"]
+    assert len(ds) == 12 and ds[0]["question"] == row["question"]
+    ds = load_dataset("json", data_files={"train": str(out / "train.jsonl")}, cache_dir=str(tmp_path / "hf"))["train"]
+    assert len(ds) == 12
+
+
+def test_generate_bad_arguments_one_line_error(tmp_path, capsys):
+    assert data_main(["generate", "--scenes", "0", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scenes" in err[0]

@@ -1,0 +1,130 @@
+"""Resumable checkpoints in the Hugging Face layout the core loads.
+
+    out_dir/checkpoint-<step>/config.json, model-0000i-of-0000n.safetensors + index,
+                             tokenizer/processor files, trainer_state.pt (optimizer, scheduler,
+                             RNG states, step)
+    out_dir/final/           the same model files, no trainer state
+
+The model files are written by B's ros2_spatial_mllm.model.checkpoint (official key names, the
+layout SpatialMLLM.load reads); trainer_state.pt is ours. Resuming loads the safetensors into the already
+built model (strict except for tied weights), so the continued run is bit-exact.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.trainer_utils import rng_state, set_rng_state, unwrap
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+def save_model_files(model: torch.nn.Module, out: Path, processor: Any = None) -> None:
+    """The official Spatial-MLLM layout through B's ros2_spatial_mllm.model.checkpoint
+    (config.json, safetensors shards + index, tokenizer/processor files copied from
+    `processor` = a directory holding them); other modules -> a plain model.safetensors."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    if getattr(getattr(model, "config", None), "model_type", None) == "spatial-mllm":
+        from ros2_spatial_mllm.model.checkpoint import save_checkpoint as save_spatial_mllm
+
+        save_spatial_mllm(model, out, assets_from=processor if isinstance(processor, (str, Path)) else None)
+        return
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_model_files(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load every *.safetensors shard of `ckpt` into `model` in place; only tied/non-persistent
+    keys may be missing."""
+    model = unwrap(model)
+    if getattr(getattr(model, "config", None), "model_type", None) == "spatial-mllm":
+        from ros2_spatial_mllm.model.checkpoint import _weight_files, load_state_into
+
+        report = load_state_into(model, _weight_files(Path(ckpt)))
+        if not report.ok:
+            raise RuntimeError(f"checkpoint {ckpt} does not match the model: {report.summary()} "
+                               f"missing={report.missing[:3]} unexpected={report.unexpected[:3]}")
+        return
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(Path(ckpt).glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    if not state:
+        raise FileNotFoundError(f"no *.safetensors in {ckpt}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_names(model)
+    real_missing = [k for k in missing if k not in tied]
+    if unexpected or real_missing:
+        raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing={real_missing[:5]} "
+                           f"unexpected={list(unexpected)[:5]}")
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier one (e.g. lm_head <-> embeddings)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = tensor.data_ptr() if tensor.numel() else id(tensor)
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
+def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
+                    extra: dict | None = None, processor: Any = None, keep_last: int = 2) -> Path:
+    """Write checkpoint-<step>/ (model files + trainer state); keep the newest `keep_last`."""
+    ckpt = Path(out_dir) / f"checkpoint-{step}"
+    tmp = Path(out_dir) / f".checkpoint-{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_files(model, tmp, processor)
+    torch.save({"step": step, "optimizer": optimizer.state_dict() if optimizer else None,
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "rng": rng_state(), "extra": extra or {}}, tmp / TRAINER_STATE)
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    tmp.rename(ckpt)
+    for old in list_checkpoints(out_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def list_checkpoints(out_dir: Path) -> list[Path]:
+    found = [p for p in Path(out_dir).glob("checkpoint-*") if p.is_dir() and (p / TRAINER_STATE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
+    """'auto' -> newest checkpoint in out_dir (or None); a path -> that checkpoint; None -> None."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(out_dir)
+    path = Path(resume)
+    if not (path / TRAINER_STATE).exists():
+        raise FileNotFoundError(f"{path} is not a checkpoint (no {TRAINER_STATE})")
+    return path
+
+
+def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer=None, scheduler=None) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; returns {'step', 'extra'}."""
+    load_model_files(model, ckpt)
+    state = torch.load(Path(ckpt) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return {"step": int(state["step"]), "extra": state.get("extra", {})}

@@ -1,0 +1,1 @@
+"""Evaluation: VSI-Bench and MultiSPA scoring, per-task tables and charts."""
