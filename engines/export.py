@@ -105,32 +105,33 @@ def example_inputs(model: Any, component: str, frames: int, height: int, width: 
 
 def export_component(model: Any, component: str, out_dir: str | Path, dtype: str = "fp32",
                      example_size: tuple[int, int, int] = (4, 168, 224)) -> Path:
-    """Export one component to <out_dir>/<component>.onnx (weights inline below 2 GB)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{component}.onnx"
+    """Export one component to <out_dir>/<component>/<component>.onnx.
+
+    One folder per component: above 2 GB of weights torch writes every initializer as its own
+    external file next to the graph (checked with a 2.4 GB model), and those names
+    (onnx__MatMul_28, ...) would collide between components sharing a folder."""
+    folder = Path(out_dir) / component
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():  # stale external-data files of a previous export
+        old.unlink()
+    path = folder / f"{component}.onnx"
     wrapper, inputs, outputs, axes = export_wrapper(model, component)
     wrapper = wrapper.to(DTYPES[dtype]).eval()
     args = example_inputs(model, component, *example_size, dtype=DTYPES[dtype],
                           device=next(model.parameters()).device)
-    big = sum(p.numel() * p.element_size() for p in wrapper.parameters()) > (1 << 31) - (64 << 20)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=OPSET,
                           input_names=inputs, output_names=outputs, dynamic_axes=axes,
                           do_constant_folding=True)
-    if big:  # protobuf limit: move weights next to the graph
-        import onnx
-        model_proto = onnx.load(str(path))
-        onnx.save_model(model_proto, str(path), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=f"{component}.onnx.data")
     return path
 
 
 def export_all(model: Any, out_dir: str | Path, components: Sequence[str] = COMPONENTS,
                dtype: str = "fp32", ranges: Optional[ExportRanges] = None,
                preset: str = "custom") -> dict:
-    """Export components and write <out_dir>/export_manifest.json (paths, hashes, ranges)."""
+    """Export components and write <out_dir>/export_manifest.json (paths relative to out_dir,
+    sha256 over graph + external data, declared ranges and the matching profiles)."""
     ranges = ranges or ExportRanges()
     ranges.validate()
     out_dir = Path(out_dir)
@@ -142,7 +143,7 @@ def export_all(model: Any, out_dir: str | Path, components: Sequence[str] = COMP
         path = export_component(model, component, out_dir, dtype=dtype)
         profiles = component_profiles(component, ranges, merged_dim)
         manifest["components"][component] = {
-            "onnx": path.name, "onnx_sha256": onnx_model_sha256(path),
+            "onnx": str(path.relative_to(out_dir)), "onnx_sha256": onnx_model_sha256(path),
             "export_s": round(time.perf_counter() - t0, 2),
             "profiles": [p.to_dict() for p in profiles]}
     (out_dir / "export_manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -5,7 +5,7 @@
         --options "A. chair" "B. table" --sampling uniform --num-frames 8
 
 Tiny CPU run (embedded tiny preset, random weights until trained ones ship):
-    spatial-mllm ask --video ros2_spatial_mllm/assets/demo/<clip> --question "How many chairs?" --num-frames 8
+    spatial-mllm ask --video ros2_spatial_mllm/assets/demo/room.mp4 --question "How many chairs?" --num-frames 8
 
 Prints ONE JSON object on stdout: answer (raw text), parsed (kind/choice/value/unit), frames
 (selected source indices and timestamps), sampling (method, coverage, voxel size, gains), model
@@ -15,7 +15,11 @@ input, 1 for internal failures, 130 on Ctrl-C; --debug adds the traceback.
 
 Space-aware sampling runs the spatial encoder's camera + depth heads once over the candidates
 (<= --max-candidates frames by linspace, reference: 128), voxelises each frame and picks
---num-frames frames by greedy voxel coverage (ros2_spatial_mllm.sampling).
+--num-frames frames by greedy voxel coverage (ros2_spatial_mllm.sampling). With --depth DIR and
+--camera JSON (sensor depth images, one per frame, + intrinsics and poses) the geometry comes from
+the sensor instead and no model pass is needed for sampling:
+    spatial-mllm ask --video ros2_spatial_mllm/assets/demo/room.mp4 --question "How many chairs?" \
+        --depth ros2_spatial_mllm/assets/demo/depth --camera ros2_spatial_mllm/assets/demo/room.json
 """
 
 from __future__ import annotations
@@ -220,8 +224,6 @@ def _sensor_geometry(args: argparse.Namespace, clip) -> list:
 
     if not (args.depth and args.camera):
         raise UsageError("--depth and --camera go together")
-    if clip.kind != "video" and clip.kind != "images":  # pragma: no cover - defensive
-        raise UsageError("sensor geometry needs a video or an image folder")
     try:
         with open(os.path.expanduser(args.camera), encoding="utf-8") as handle:
             camera = json.load(handle)

@@ -88,13 +88,19 @@ class GeometryWorker:
     model_provider() -> model with ``predict_geometry`` or None (not loaded: model-path frames
     wait); model_lock: shared with the query engine; build_voxels(points [h, w, 3], conf [h, w] or
     None for sensor depth) -> voxel set (default: ``FrameVoxels.from_points`` with ``base_voxel``).
+    sensor_lookup(frame) -> (depth [h, w] m, K [3, 3] of the rgb image, world_from_camera [4, 4])
+    or None: sensor data that arrived after the image (depth/odometry on other topics are not
+    ordered with the image); a frame without sensor data waits up to ``sensor_wait_s`` for it
+    before it goes to the model path (or is skipped when ``use_model`` is False). The frame
+    itself is never modified (the buffer's byte accounting depends on it).
     """
 
     def __init__(self, buffer: FrameBuffer, model_provider: Callable[[], Any] | None = None,
                  model_lock: threading.RLock | None = None,
                  build_voxels: Callable[[np.ndarray, np.ndarray], Any] | None = None,
                  queue_size: int = 64, chunk_size: int = 4, max_points_side: int = 64, base_voxel: float = 0.02,
-                 use_sensor: bool = True, use_model: bool = True, autostart: bool = True) -> None:
+                 use_sensor: bool = True, use_model: bool = True, autostart: bool = True,
+                 sensor_lookup: Callable[[Frame], tuple | None] | None = None, sensor_wait_s: float = 0.5) -> None:
         if chunk_size < 2:
             raise ValueError("chunk_size must be >= 2 (the reference frame plus one new frame)")
         self.buffer = buffer
@@ -103,8 +109,9 @@ class GeometryWorker:
         self.build_voxels = build_voxels or (lambda pts, conf: default_voxel_builder(pts, conf, base_voxel))
         self.queue_size, self.chunk_size, self.max_points_side = queue_size, chunk_size, max_points_side
         self.use_sensor, self.use_model = use_sensor, use_model
+        self.sensor_lookup, self.sensor_wait_s = sensor_lookup, sensor_wait_s
         self._cv = threading.Condition()
-        self._pending: collections.deque[Frame] = collections.deque()
+        self._pending: collections.deque[tuple[Frame, float]] = collections.deque()  # (frame, queued at)
         self._cache: dict[int, GeometryEntry] = {}
         self._reference: _Reference | None = None
         self._busy = False
@@ -140,9 +147,9 @@ class GeometryWorker:
         """Block until nothing is pending or running that can run now (tests, benchmarks)."""
         end = time.monotonic() + timeout
         with self._cv:
-            while (self._busy or self._runnable_locked()) and time.monotonic() < end:
+            while not self._idle_locked() and time.monotonic() < end:
                 self._cv.wait(0.05)
-            return not (self._busy or self._runnable_locked())
+            return self._idle_locked()
 
     # ------------------------------------------------------------------ buffer listeners
     def _on_keep(self, frame: Frame) -> None:
@@ -150,7 +157,7 @@ class GeometryWorker:
             if len(self._pending) >= self.queue_size:
                 self._pending.popleft()
                 self._counts["dropped_queue_full"] += 1
-            self._pending.append(frame)
+            self._pending.append((frame, time.monotonic()))
             self._counts["queued"] += 1
             self._cv.notify()
 
@@ -176,43 +183,74 @@ class GeometryWorker:
                     "reference_stamp_ns": self._reference.stamp_ns if self._reference else 0}
 
     # ------------------------------------------------------------------ worker
-    def _has_sensor_geometry(self, frame: Frame) -> bool:
-        return (self.use_sensor and frame.depth is not None and frame.intrinsics is not None
-                and frame.world_from_camera is not None)
+    def _sensor_data(self, frame: Frame) -> tuple | None:
+        """(depth, K, world_from_camera) from the frame, else from ``sensor_lookup``, else None."""
+        if not self.use_sensor:
+            return None
+        if frame.depth is not None and frame.intrinsics is not None and frame.world_from_camera is not None:
+            return frame.depth, frame.intrinsics, frame.world_from_camera
+        if self.sensor_lookup is not None:
+            try:
+                found = self.sensor_lookup(frame)
+            except Exception:  # a broken lookup must not stop the worker
+                log.exception("sensor_lookup failed")
+                found = None
+            if found is not None and all(part is not None for part in found):
+                return tuple(found)
+        return None
+
+    def _classify_locked(self) -> tuple[list, list[Frame], int]:
+        """Pending frames -> (sensor [(frame, data)], model/no-source [frame], still waiting count).
+        Frames without sensor data wait up to ``sensor_wait_s`` for it when a lookup is set."""
+        now = time.monotonic()
+        sensor, other, waiting = [], [], 0
+        for frame, queued_at in self._pending:
+            data = self._sensor_data(frame)
+            if data is not None:
+                sensor.append((frame, data))
+            elif self.use_sensor and self.sensor_lookup is not None and now - queued_at < self.sensor_wait_s:
+                waiting += 1
+            else:
+                other.append(frame)
+        return sensor, other, waiting
 
     def _runnable_locked(self) -> bool:
         if not self._pending:
             return False
-        model_ready = self.use_model and self.model_provider() is not None
-        return model_ready or any(self._has_sensor_geometry(f) or not self.use_model for f in self._pending)
+        sensor, other, _ = self._classify_locked()
+        return bool(sensor) or bool(other and (not self.use_model or self.model_provider() is not None))
 
-    def _take_batch_locked(self) -> tuple[list[Frame], list[Frame]]:
-        sensor = [f for f in self._pending if self._has_sensor_geometry(f)]
-        rest = [f for f in self._pending if not self._has_sensor_geometry(f)]
+    def _idle_locked(self) -> bool:
+        if self._busy or not self._pending:
+            return not self._busy
+        sensor, other, waiting = self._classify_locked()
+        model_blocked = self.use_model and self.model_provider() is None
+        return not sensor and not waiting and (not other or model_blocked)
+
+    def _take_batch_locked(self) -> tuple[list, list[Frame]]:
+        sensor, other, _ = self._classify_locked()
         if not self.use_model:
-            self._counts["skipped_no_source"] += len(rest)
-            rest_take: list[Frame] = rest
-            chunk: list[Frame] = []
+            self._counts["skipped_no_source"] += len(other)
+            taken_other, chunk = other, []
         else:
-            ready = self.model_provider() is not None
-            chunk = rest[: self.chunk_size - 1] if ready else []
-            rest_take = chunk
-        taken = {id(f) for f in sensor} | {id(f) for f in rest_take}
-        self._pending = collections.deque(f for f in self._pending if id(f) not in taken)
+            chunk = other[: self.chunk_size - 1] if self.model_provider() is not None else []
+            taken_other = chunk
+        taken = {id(f) for f, _ in sensor} | {id(f) for f in taken_other}
+        self._pending = collections.deque(item for item in self._pending if id(item[0]) not in taken)
         return sensor, chunk
 
     def _loop(self) -> None:
         while True:
             with self._cv:
                 while not self._stop and not self._runnable_locked():
-                    self._cv.wait(0.2)
+                    self._cv.wait(0.05 if self._pending else 0.2)
                 if self._stop:
                     return
                 sensor, chunk = self._take_batch_locked()
                 self._busy = True
             try:
-                for frame in sensor:
-                    self._process_sensor(frame)
+                for frame, data in sensor:
+                    self._process_sensor(frame, *data)
                 if chunk:
                     self._process_chunk(chunk)
             except Exception:
@@ -233,18 +271,19 @@ class GeometryWorker:
             self._counts[entry.source] += 1
             self._compute_ms.append((time.perf_counter() - started) * 1e3)
 
-    def _process_sensor(self, frame: Frame) -> None:
+    def _process_sensor(self, frame: Frame, depth: np.ndarray, intrinsics: np.ndarray, pose: np.ndarray) -> None:
         started = time.perf_counter()
-        depth = frame.depth
-        K = np.asarray(frame.intrinsics, np.float64).copy()   # K of the rgb image -> K of the depth map
+        K = np.asarray(intrinsics, np.float64).copy()   # K of the rgb image -> K of the depth map
         if depth.shape != frame.rgb.shape[:2]:
             K[0] *= depth.shape[1] / frame.rgb.shape[1]
             K[1] *= depth.shape[0] / frame.rgb.shape[0]
-        points = unproject_depth(depth, K, frame.world_from_camera, self.max_points_side)
-        finite = depth[np.isfinite(depth) & (depth > 0)]
+        points = unproject_depth(depth, K, pose, self.max_points_side)
+        stride = max(1, int(np.ceil(max(depth.shape) / self.max_points_side)))
+        sub = depth[::stride, ::stride]
+        finite = sub[np.isfinite(sub) & (sub > 0)]
         median = float(np.median(finite)) if finite.size else float("nan")
         self._store(frame, GeometryEntry(self.build_voxels(points, None), "sensor",
-                                         np.asarray(frame.world_from_camera, np.float32), median), started)
+                                         np.asarray(pose, np.float32), median), started)
 
     def _choose_reference(self, first: Frame) -> _Reference:
         ref = self._reference
@@ -276,7 +315,7 @@ class GeometryWorker:
         model = self.model_provider()
         if model is None:
             with self._cv:
-                self._pending.extendleft(reversed(chunk))
+                self._pending.extendleft((f, time.monotonic()) for f in reversed(chunk))
             return
         ref = self._choose_reference(chunk[0])
         new = [f for f in chunk if f.stamp_ns != ref.stamp_ns]

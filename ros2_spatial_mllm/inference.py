@@ -142,7 +142,8 @@ class SpatialMLLM:
                 raise ValueError(f"preset {preset!r} has no embedded weights: pass model=<local directory>")
             model_dir, used_preset = TINY_ASSETS_DIR, "tiny"
         else:
-            model_dir, used_preset = resolve_model_dir(model), None
+            model_dir = resolve_model_dir(model)
+            used_preset = "tiny" if model_dir.resolve() == TINY_ASSETS_DIR.resolve() else None
         torch_dtype = parse_dtype(dtype, device)
         net, report = load_checkpoint(model_dir, device=device, dtype=torch_dtype)
         if not report.ok:

@@ -104,7 +104,9 @@ class SpatialMllmNode(LifecycleNode):
                 use_model=config.geometry_source in ("auto", "model"))
             self.engine.geometry = self.geometry
         self.intake = FrameIntake(self.buffer, self.get_logger(), config.sync_tolerance_s,
-                                  config.odom_child_is_optical)
+                                  config.odom_child_is_optical, expect_depth=bool(config.depth_topic),
+                                  expect_pose=bool(config.odom_topic),
+                                  expect_info=bool(config.camera_info_topic))
         self._create_input_subscriptions(config)
         self._state_label = "inactive"
         self.get_logger().info(
@@ -298,6 +300,8 @@ class SpatialMllmNode(LifecycleNode):
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
         try:
+            if self.intake is not None:
+                self.intake.flush_stale()
             geometry = self.geometry.stats() if self.geometry is not None else None
             array = build_diagnostics(
                 self.get_fully_qualified_name(), self.get_clock().now().to_msg(), self._state_label,

@@ -152,7 +152,7 @@ _UNIT_PATTERNS = [
     (r"inch(?:es)?", "inch"),
 ]
 _UNIT_AFTER_NUMBER = re.compile(
-    r"\s*(?:" + "|".join(f"(?P<u{i}>{pattern})" for i, (pattern, _) in enumerate(_UNIT_PATTERNS))
+    r"\s*-?\s*(?:" + "|".join(f"(?P<u{i}>{pattern})" for i, (pattern, _) in enumerate(_UNIT_PATTERNS))
     + r")(?![A-Za-z0-9])",
     re.IGNORECASE,
 )

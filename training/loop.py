@@ -45,6 +45,19 @@ class LoopConfig:
         return cls(stage=stage, out_dir=Path(out_dir), **{k: cfg[k] for k in keys if k in cfg})
 
 
+def _full_params(wrapper):
+    """FSDP: gather the full (unsharded) weights onto rank 0 while saving (collective; every rank
+    enters). Other wrappers: nothing to do. Note: FSDP optimizer state stays per-rank and is not
+    gathered, so FSDP checkpoints resume weights + schedule + RNG but restart Adam moments."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    if isinstance(wrapper, FSDP):
+        return FSDP.summon_full_params(wrapper, writeback=False, rank0_only=True, offload_to_cpu=True)
+    return contextlib.nullcontext()
+
+
 def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: Any, compute_loss: Callable[[int, int], tuple[torch.Tensor, dict]],
                processor: Any = None, ddp_module: torch.nn.Module | None = None,
@@ -99,12 +112,14 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
         if on_step_end is not None:
             on_step_end(done, row)
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
-            if env.is_main:
-                save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
+            with _full_params(ddp_module):
+                if env.is_main:
+                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
             env.barrier()
         if cfg.stop_after and done >= cfg.stop_after and done < cfg.max_steps:
-            if env.is_main:
-                save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
+            with _full_params(ddp_module):
+                if env.is_main:
+                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
             env.barrier()
             bar.close()
             return {"final_dir": None, "last_metrics": last, "start_step": start, "stopped_at": done}
@@ -112,10 +127,13 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
     if env.distributed:  # every rank records its weights' hash: DDP ranks must agree bit for bit
         (out_dir / f"weights_rank{env.rank}.sha256").write_text(state_dict_hash(model) + "\n")
     final_dir = out_dir / "final"
+    with _full_params(ddp_module):
+        if env.is_main:
+            if start < cfg.max_steps or not list(out_dir.glob("checkpoint-*")):
+                save_checkpoint(out_dir, cfg.max_steps, model, optimizer, scheduler, processor=processor,
+                                keep_last=cfg.keep_last)
+            save_model_files(model, final_dir, processor)
     if env.is_main:
-        if start < cfg.max_steps or not list(out_dir.glob("checkpoint-*")):
-            save_checkpoint(out_dir, cfg.max_steps, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
-        save_model_files(model, final_dir, processor)
         if log is not None and log.rows:
             log.plot(out_dir / "curves.png", keys=[k for k in cfg.plot_keys if log.series(k)[0]],
                      title=f"{cfg.stage}: {out_dir}")

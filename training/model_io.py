@@ -185,6 +185,7 @@ class ExampleEncoder:
         video placeholder expansion, mm_token_type_ids, second_per_grid_ts) -> CPU tensors,
         batch dim dropped: input_ids [L] list, pixel_values_videos [N, D], video_grid_thw [1, 3],
         mm_token_type_ids [L], second_per_grid_ts [1], spatial_pixel_values [S, 3, H, W]."""
+        from ros2_spatial_mllm.model.connector import pad_frames_to_multiple
         from ros2_spatial_mllm.prompts import build_prompt
 
         inputs = self.runtime.prepare_inputs(list(frames), build_prompt(rec["question"], rec.get("options") or None))
@@ -192,7 +193,10 @@ class ExampleEncoder:
         return {"input_ids": inputs["input_ids"][0].tolist(), "mm_token_type_ids": inputs["mm_token_type_ids"][0].tolist(),
                 "pixel_values_videos": inputs["pixel_values_videos"].float(), "video_grid_thw": inputs["video_grid_thw"],
                 "second_per_grid_ts": inputs["second_per_grid_ts"].float(),
-                "spatial_pixel_values": inputs["spatial_pixel_values"][0].float()}
+                # padded to the temporal patch here (the model would repeat the last frame the same
+                # way) so that 1- and 2-frame questions share a batch
+                "spatial_pixel_values": pad_frames_to_multiple(inputs["spatial_pixel_values"][0].float(),
+                                                               self.video_cfg.temporal_patch_size, dim=0)}
 
     def answer_ids(self, rec: dict) -> list[int]:
         text = answer_text(rec, self.answer_format)

@@ -53,6 +53,11 @@ def parse_override(text: str) -> dict:
         raise ValueError(f"override must look like key.sub=value, got {text!r}")
     dotted, raw = text.split("=", 1)
     value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads "2e-5" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     out: dict = {}
     node = out
     keys = dotted.strip().split(".")

@@ -121,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
                            wait_for_subscribers_s=args.wait_for_subscribers, qos_depth=args.qos_depth,
                            best_effort=args.best_effort)
         print(f"published {stats.published} messages in {stats.wall_s:.2f} s "
-              f"({stats.loops} pass{'es' if stats.loops != 1 else ''}): {json.dumps(stats.per_topic)}")
+              f"({stats.loops} full pass{'es' if stats.loops != 1 else ''}"
+              f"{', interrupted' if stats.interrupted else ''}): {json.dumps(stats.per_topic)}")
     elif args.command == "record-answers":
         from ros2_spatial_mllm.bag.record import record_topic
         if args.out_bag.exists():

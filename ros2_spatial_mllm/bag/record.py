@@ -28,6 +28,7 @@ def record_topic(out_bag: str | Path, topic: str = "/spatial_mllm/answers", msgt
     """Subscribe to ``topic`` and write every message to ``out_bag`` until ``duration_s`` passed,
     ``max_messages`` were written, ``should_stop()`` is true or Ctrl-C. Returns the count."""
     import rclpy
+    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import QoSProfile, ReliabilityPolicy, DurabilityPolicy
 
     store = typestore()
@@ -41,7 +42,7 @@ def record_topic(out_bag: str | Path, topic: str = "/spatial_mllm/answers", msgt
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(Path(out_bag), version=9, storage_plugin=plugin)
     received: list[tuple[int, bytes]] = []
-    count = 0
+    count, conn = 0, None
     try:
         writer.open()
         conn = writer.add_connection(topic, msgtype, typestore=store)
@@ -58,11 +59,17 @@ def record_topic(out_bag: str | Path, topic: str = "/spatial_mllm/answers", msgt
             if (max_messages is not None and count >= max_messages) or (end is not None and time.monotonic() >= end) \
                     or (should_stop is not None and should_stop()):
                 break
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):   # Ctrl-C: keep what was recorded
         pass
     finally:
-        writer.close()
-        node.destroy_node()
-        if owns_context and rclpy.ok():
-            rclpy.shutdown()
+        if conn is not None:
+            while received:
+                stamp, raw = received.pop(0)
+                writer.write(conn, stamp, raw)
+                count += 1
+            writer.close()
+        if rclpy.ok():
+            node.destroy_node()
+        if owns_context:
+            rclpy.try_shutdown()
     return count

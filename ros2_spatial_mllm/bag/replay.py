@@ -27,6 +27,7 @@ DEFAULT_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "se
 class ReplayStats:
     published: int = 0
     loops: int = 0
+    interrupted: bool = False       # Ctrl-C / context shut down before the end
     per_topic: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -60,6 +61,7 @@ def replay_bag(bag: str | Path, rate: float | None = 1.0, topics: Sequence[str] 
         rclpy.init()
     stats = ReplayStats()
     node = rclpy.create_node(node_name)
+    started = time.monotonic()
     try:
         with Reader(bag) as reader:
             conns = [c for c in reader.connections
@@ -89,23 +91,37 @@ def replay_bag(bag: str | Path, rate: float | None = 1.0, topics: Sequence[str] 
             while True:
                 t0_bag, t0_wall = None, time.monotonic()
                 for conn, timestamp, raw in reader.messages(connections=conns):
-                    if should_stop is not None and should_stop():
-                        return stats
+                    if (should_stop is not None and should_stop()) or not rclpy.ok():
+                        stats.interrupted = True
+                        break
                     if t0_bag is None:
                         t0_bag = timestamp
                     if rate is not None:
                         delay = (timestamp - t0_bag) * 1e-9 / rate - (time.monotonic() - t0_wall)
                         if delay > 0:
                             time.sleep(delay)
-                    publishers[conn.topic].publish(bytes(raw))
+                    try:
+                        publishers[conn.topic].publish(bytes(raw))
+                    except Exception:
+                        if rclpy.ok():
+                            raise
+                        stats.interrupted = True   # SIGINT: rclpy shut the context down
+                        break
                     stats.published += 1
                     stats.per_topic[conn.topic] += 1
+                if stats.interrupted:
+                    break
                 stats.loops += 1
                 if not loop:
                     break
             stats.wall_s = time.monotonic() - started
             return stats
+    except KeyboardInterrupt:
+        stats.interrupted = True
+        stats.wall_s = time.monotonic() - started
+        return stats
     finally:
-        node.destroy_node()
+        if rclpy.ok():
+            node.destroy_node()
         if owns_context:
-            rclpy.shutdown()
+            rclpy.try_shutdown()

@@ -43,8 +43,9 @@ class VideoProcessingConfig:
     patch_size: int = 14
     temporal_patch_size: int = 2
     merge_size: int = 2
-    min_pixels: int = 4 * 28 * 28
-    max_pixels: int = 324576  # Spatial-MLLM v1.1 training value for video frames
+    # per-frame video limits of qwen_vl_utils (used by the official evaluation): 128 / 768 tokens of 28x28
+    min_pixels: int = 128 * 28 * 28
+    max_pixels: int = 768 * 28 * 28
     image_mean: Tuple[float, ...] = field(default=CLIP_MEAN)
     image_std: Tuple[float, ...] = field(default=CLIP_STD)
 
@@ -54,11 +55,18 @@ class VideoProcessingConfig:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "VideoProcessingConfig":
-        """Prefer video_preprocessor_config.json, then preprocessor_config.json; defaults else."""
-        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-            path = Path(model_dir) / name
-            if path.is_file():
-                return cls.from_dict(json.loads(path.read_text()))
+        """video_preprocessor_config.json if present (all fields). Otherwise preprocessor_config.json
+        gives patch sizes and mean/std only: its pixel limits are the image processor's (up to
+        12.8 MP in the official files), so the video defaults above are kept."""
+        video = Path(model_dir) / "video_preprocessor_config.json"
+        if video.is_file():
+            return cls.from_dict(json.loads(video.read_text()))
+        image = Path(model_dir) / "preprocessor_config.json"
+        if image.is_file():
+            values = json.loads(image.read_text())
+            for key in ("min_pixels", "max_pixels", "size"):
+                values.pop(key, None)
+            return cls.from_dict(values)
         return cls()
 
     @classmethod

@@ -2,7 +2,10 @@
 
 Callbacks only decode and push (geometry is the GeometryWorker's job, in its own thread).
 Depth and odometry are paired with a colour frame by nearest stamp within `sync_tolerance_s`;
-camera_info is latched. A message that cannot be decoded is counted in the buffer as
+camera_info is latched. Depth and odometry often arrive after their colour image (separate
+topics): with those topics configured, a colour frame waits (at most `depth_wait_s`, at most
+`max_pending` frames) until its depth / pose / camera_info are there, and frames always enter
+the buffer in arrival order. A message that cannot be decoded is counted in the buffer as
 `decode_error` (and here by reason), logged (throttled) and dropped; nothing raises out of a
 callback.
 """
@@ -47,12 +50,18 @@ class FrameIntake:
     """Turns messages into `Frame`s for `buffer`. `logger` is an rclpy logger."""
 
     def __init__(self, buffer: FrameBuffer, logger, sync_tolerance_s: float = 0.05,
-                 odom_child_is_optical: bool = False, log_throttle_s: float = 2.0) -> None:
+                 odom_child_is_optical: bool = False, log_throttle_s: float = 2.0,
+                 expect_depth: bool = False, expect_pose: bool = False, expect_info: bool = False,
+                 depth_wait_s: float = 0.25, max_pending: int = 4) -> None:
         self.buffer, self.logger = buffer, logger
         self.tolerance_ns = int(sync_tolerance_s * 1e9)
         self.odom_child_is_optical = odom_child_is_optical
         self.log_throttle_s = log_throttle_s
         self.enabled = False            # the node sets this while active
+        self.expect_depth, self.expect_pose, self.expect_info = expect_depth, expect_pose, expect_info
+        self.depth_wait_s, self.max_pending = depth_wait_s, max_pending
+        self._pending: collections.deque[tuple[float, Frame]] = collections.deque()  # (arrival, frame)
+        self._push_lock = threading.Lock()
         self._depth = _StampedRing()
         self._poses = _StampedRing(256)
         self._camera_info = None
@@ -78,14 +87,9 @@ class FrameIntake:
             return
         stamp_ns = time_to_ns(msg.header.stamp)
         frame = Frame(stamp_ns=stamp_ns, frame_id=msg.header.frame_id, rgb=rgb)
-        try:
-            self._attach_geometry(frame)
-        except Exception as exc:  # noqa: BLE001 - geometry inputs are optional
-            self._log("geometry", f"ignoring depth/pose for frame {stamp_ns}: {exc}")
-        outcome = self.buffer.add(frame)
-        if not outcome.kept and outcome.reason in ("invalid", "too_large"):
-            self._count(outcome.reason)
-            self._log(outcome.reason, f"dropped image {rgb.shape} stamp {stamp_ns}: {outcome.reason}")
+        with self._push_lock:
+            self._pending.append((time.monotonic(), frame))
+            self._flush_locked(force=not (self.expect_depth or self.expect_pose or self.expect_info))
         self._last_frame_id = msg.header.frame_id
         self.last_frame_monotonic = time.monotonic()
         elapsed_ms = (time.perf_counter() - started) * 1e3
@@ -100,9 +104,19 @@ class FrameIntake:
         except Exception as exc:  # noqa: BLE001
             self._count("depth_decode_error")
             self._log("depth", f"dropped depth image: {exc}")
+            return
+        with self._push_lock:
+            self._flush_locked()
+
+    def flush_stale(self) -> None:
+        """Push frames that waited `depth_wait_s` for depth (call periodically)."""
+        with self._push_lock:
+            self._flush_locked()
 
     def on_camera_info(self, msg) -> None:
         self._camera_info = msg
+        with self._push_lock:
+            self._flush_locked()
 
     def on_odometry(self, msg) -> None:
         if not self.enabled:
@@ -113,14 +127,41 @@ class FrameIntake:
         except Exception as exc:  # noqa: BLE001
             self._count("odometry_error")
             self._log("odometry", f"dropped odometry: {exc}")
+            return
+        with self._push_lock:
+            self._flush_locked()
 
     # ------------------------------------------------------------------ helpers
-    def _attach_geometry(self, frame: Frame) -> None:
-        info = self._camera_info
-        if info is not None:
-            frame.intrinsics = camera_info_to_k(info, frame.rgb.shape[:2])
-        frame.depth = self._depth.nearest(frame.stamp_ns, self.tolerance_ns)
-        frame.world_from_camera = self._poses.nearest(frame.stamp_ns, self.tolerance_ns)
+    def _flush_locked(self, force: bool = False) -> None:
+        """Push pending frames, oldest first, while the oldest has its depth, waited long
+        enough, or too many frames wait (force pushes everything)."""
+        now = time.monotonic()
+        while self._pending:
+            arrived, frame = self._pending[0]
+            depth = self._depth.nearest(frame.stamp_ns, self.tolerance_ns) if self.expect_depth else None
+            pose = self._poses.nearest(frame.stamp_ns, self.tolerance_ns) if self.expect_pose else None
+            complete = ((depth is not None or not self.expect_depth)
+                        and (pose is not None or not self.expect_pose)
+                        and (self._camera_info is not None or not self.expect_info))
+            if not (force or complete or now - arrived >= self.depth_wait_s
+                    or len(self._pending) > self.max_pending):
+                return
+            self._pending.popleft()
+            self._push(frame, depth, pose)
+
+    def _push(self, frame: Frame, depth, pose) -> None:
+        try:
+            info = self._camera_info
+            if info is not None:
+                frame.intrinsics = camera_info_to_k(info, frame.rgb.shape[:2])
+            frame.depth = depth
+            frame.world_from_camera = pose
+        except Exception as exc:  # noqa: BLE001 - geometry inputs are optional
+            self._log("geometry", f"ignoring depth/pose for frame {frame.stamp_ns}: {exc}")
+        outcome = self.buffer.add(frame)
+        if not outcome.kept and outcome.reason in ("invalid", "too_large"):
+            self._count(outcome.reason)
+            self._log(outcome.reason, f"dropped image {frame.rgb.shape} stamp {frame.stamp_ns}: {outcome.reason}")
 
     def _reject(self, reason: str, message: str) -> None:
         self.buffer.count_drop("decode_error")

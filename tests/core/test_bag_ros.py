@@ -112,3 +112,15 @@ def test_record_answers_writes_a_bag_any_reader_can_decode(ros, tmp_path):
     assert [m.question for _, _, _, m in records] == ["q0", "q1", "q2"]
     assert records[2][1] == "ros2_spatial_mllm/msg/SpatialAnswer" and records[2][3].latency.total_ms == 12.0
     assert records[0][3].header.stamp.sec == 1_700_000_000
+
+
+def test_looping_replay_stops_cleanly_on_ctrl_c():
+    import signal
+    proc = subprocess.Popen(CLI + ["replay", str(SHIPPED), "--loop", "--max"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)                                  # rclpy start-up + a few passes
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out and "Traceback" not in err
+    assert int(out.split("published ")[1].split()[0]) > 80     # looped past the first pass

@@ -77,9 +77,52 @@ def test_ask_folder_uniform_with_options_and_clamp(png_folder):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["frames"]["indices"] == [0, 1, 2] and out["frames"]["timestamps_s"] == [0.0, 0.5, 1.0]
-    assert out["sampling"] == {"method": "uniform", "coverage": None, "voxel_size": None, "num_voxels": 0,
-                               "gains": []}
+    assert out["sampling"] == {"method": "uniform", "geometry": None, "coverage": None, "voxel_size": None,
+                               "num_voxels": 0, "gains": []}
     assert out["options"] == ["chair", "table"]
+
+
+@pytest.fixture(scope="module")
+def sensor_scan(tmp_path_factory):
+    """Video + uint16 mm depth PNGs + camera JSON: 16 frames, the camera stares at one wall for
+    the first 13 and turns once (space-aware must pick one of those and the three turns)."""
+    root = tmp_path_factory.mktemp("sensor")
+    yaws = np.concatenate([np.zeros(12), np.radians([0, 90, 180, 270])])
+    depth, k, poses, _ = room_scan(len(yaws), 48, 64, yaws_rad=yaws)
+    writer = cv2.VideoWriter(str(root / "scan.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 4.0, (64, 48))
+    (root / "depth").mkdir()
+    for i, d in enumerate(depth):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+        cv2.imwrite(str(root / "depth" / f"{i}.png"), np.round(d * 1000).astype(np.uint16))
+    writer.release()
+    (root / "camera.json").write_text(json.dumps({"intrinsics": k.tolist(), "world_from_camera": poses.tolist()}))
+    return root
+
+
+def test_ask_with_sensor_depth_and_poses(sensor_scan):
+    proc = run_cli("ask", "--video", sensor_scan / "scan.avi", "--question", "How big is the room?",
+                   "--num-frames", 4, "--depth", sensor_scan / "depth", "--camera", sensor_scan / "camera.json",
+                   "--max-new-tokens", 2)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["sampling"]["geometry"] == "sensor" and out["timings_ms"]["geometry"] == 0.0
+    # the four walls; frames 0-12 all see the first wall, the tie goes to the earliest
+    assert out["frames"]["indices"] == [0, 13, 14, 15]
+    assert out["sampling"]["coverage"] == pytest.approx(1.0)
+
+
+def test_sensor_inputs_must_match_the_video(sensor_scan, tmp_path):
+    short = tmp_path / "depth"
+    short.mkdir()
+    cv2.imwrite(str(short / "0.png"), np.full((48, 64), 1000, np.uint16))
+    assert_clean_error(run_cli("ask", "--video", sensor_scan / "scan.avi", "--question", "q?", "--num-frames", 2,
+                               "--depth", short, "--camera", sensor_scan / "camera.json"), "must match")
+    assert_clean_error(run_cli("ask", "--video", sensor_scan / "scan.avi", "--question", "q?", "--num-frames", 2,
+                               "--depth", sensor_scan / "depth"), "--depth and --camera go together")
+    broken = tmp_path / "camera.json"
+    broken.write_text("{not json")
+    assert_clean_error(run_cli("ask", "--video", sensor_scan / "scan.avi", "--question", "q?", "--num-frames", 2,
+                               "--depth", sensor_scan / "depth", "--camera", broken), "not valid JSON")
 
 
 def test_fewer_frames_than_asked_is_an_error_by_default(png_folder):

@@ -6,6 +6,7 @@ different scale per batch, as VGGT does). It checks the worker's anchoring arith
 known poses, which a random-weight model cannot; the real tiny model is exercised separately.
 """
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,22 @@ def test_model_path_waits_for_model_and_uses_the_real_tiny_model(rendered):
     assert all(isinstance(v, FrameVoxels) for v in voxels)
     assert worker.stats()["model"] == 6 and worker.stats()["errors"] == 0
     holder["model"].close()
+
+
+def test_sensor_data_arriving_after_the_image_is_picked_up_by_lookup(rendered):
+    buf = FrameBuffer(max_frames=10)
+    late = {}                                           # stamp -> (depth, K, pose), filled later
+    worker = GeometryWorker(buf, use_model=False, sensor_wait_s=0.5,
+                            sensor_lookup=lambda f: late.get(f.stamp_ns))
+    for i, (pose, rgb, depth) in enumerate(rendered[:4]):
+        buf.add(Frame(i * S, "cam", rgb))              # image first, no depth/pose yet
+    time.sleep(0.1)
+    for i, (pose, _, depth) in enumerate(rendered[:3]):
+        late[i * S] = (depth, K, pose)                  # frame 3's depth never arrives
+    assert worker.wait_idle(10)
+    worker.stop()
+    stats = worker.stats()
+    assert stats["sensor"] == 3 and stats["skipped_no_source"] == 1
+    assert worker.voxels_for([0, S, 2 * S, 3 * S])[3] is None
+    assert all(f.depth is None for f in buf.window())   # frames in the buffer are not modified
+    np.testing.assert_allclose(worker.entry(2 * S).world_from_camera, rendered[2][0], atol=1e-6)

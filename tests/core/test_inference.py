@@ -128,3 +128,18 @@ def test_predict_geometry_resolution_follows_max_pixels(mllm):
     geo = mllm.predict_geometry(frames, max_pixels=224 * 168)
     assert geo["depth"].shape == (2, 168, 224)
     assert geo["intrinsics"][0, 0, 2] == pytest.approx(112.0) and geo["intrinsics"][0, 1, 2] == pytest.approx(84.0)
+
+
+def test_answer_matches_transformers_generate(mllm):
+    """The hand-written KV-cache loop gives the same greedy tokens as model.generate."""
+    frames = _frames(count=4, seed=5)
+    mllm.eos_ids, saved = [], mllm.eos_ids
+    try:
+        result = mllm.answer(frames, "How many tables?", max_new_tokens=5)
+    finally:
+        mllm.eos_ids = saved
+    inputs = mllm.prepare_inputs(frames, "How many tables?\nPlease answer the question using a single word or phrase.")
+    with torch.inference_mode():
+        out = mllm.model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, use_cache=True)
+    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    assert mllm.tokenizer.decode(new, skip_special_tokens=True) == result.text

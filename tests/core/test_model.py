@@ -198,3 +198,15 @@ def test_spatial_encoder_runs_once_per_generate(tiny_model):
     ref = tiny_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), mm_token_type_ids=mm_types,
                      pixel_values_videos=pixel_values, video_grid_thw=grid, spatial_pixel_values=frames).logits[0, -1]
     assert torch.allclose(out.logits[0][0], ref, atol=1e-5)
+
+
+def test_video_pixel_limits_come_from_video_config_not_image_config(tmp_path):
+    import json
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "image_mean": [0.5, 0.5, 0.5]}))
+    cfg = VideoProcessingConfig.from_dir(tmp_path)
+    assert (cfg.min_pixels, cfg.max_pixels) == (128 * 28 * 28, 768 * 28 * 28)  # qwen_vl_utils video limits
+    assert cfg.image_mean == (0.5, 0.5, 0.5)
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 12544}))
+    assert VideoProcessingConfig.from_dir(tmp_path).max_pixels == 12544

@@ -133,6 +133,8 @@ def test_lone_letter_without_options_is_choice():
     ("about 3-4 meters", 3.0, "m"), ("-2", -2.0, None), ("0.75 metres", 0.75, "m"),
     ("45 mm", 45.0, "mm"), ("6 ft", 6.0, "ft"), ("3 more chairs", 3.0, None),
     ("<answer>7</answer>", 7.0, None), (".5", 0.5, None), ("1.5e2 cm", 150.0, "cm"),
+    ("a 3.5-meter gap", 3.5, "m"), ("3 meters squared", 3.0, "m²"), ("3m2", 3.0, "m²"),
+    ("12 square feet", 12.0, "ft²"), ("5,000 cm", 5000.0, "cm"), ("1,25", 1.25, None),
 ])
 def test_parse_number(reply, value, unit):
     parsed = parse_answer(reply)

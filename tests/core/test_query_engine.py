@@ -196,3 +196,17 @@ def test_unload_cancels_waiting_and_rejects_new_queries(model, scene_frames):
     eng.attach_model(model)                      # activate again
     assert eng.ask(QueryRequest("How many boxes?", max_new_tokens=1)).code == ErrorCode.OK
     eng.shutdown(close_model=False)
+
+
+def test_timeout_stops_a_long_generation_mid_decode(engine):
+    tokens = []
+    start = time.monotonic()
+    out = engine.ask(QueryRequest("Describe the room.", max_new_tokens=512, timeout_s=0.4, sampling="uniform"),
+                     on_token=tokens.append)
+    assert out.code == ErrorCode.TIMEOUT, out     # 512 tiny-model tokens take ~2 s on a CPU
+    assert time.monotonic() - start < 1.5
+    deadline = time.monotonic() + 2.0             # the runner stops at the next token, not at 512
+    while engine.queue_depth() != (0, False) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.queue_depth() == (0, False)
+    assert len(tokens) < 512

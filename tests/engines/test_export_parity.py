@@ -39,7 +39,8 @@ def assert_parity(onnx_out: np.ndarray, torch_out: torch.Tensor) -> None:
 def exported(tiny_model, tiny_onnx_dir):
     model, out = tiny_model, tiny_onnx_dir
     manifest = json.loads((out / "export_manifest.json").read_text())
-    sessions = {c: ort.InferenceSession(str(out / f"{c}.onnx"), providers=["CPUExecutionProvider"])
+    sessions = {c: ort.InferenceSession(str(out / manifest["components"][c]["onnx"]),
+                                        providers=["CPUExecutionProvider"])
                 for c in COMPONENTS}
     return model, out, manifest, sessions
 

@@ -125,3 +125,21 @@ def test_compile_decode_refuses_cpu(tiny_model):
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="needs CUDA"):
         LLMDecoder(tiny_model, static_cache=True, compile_decode=True)
+
+
+def test_prompt_table_convention_reproduces_fused_embeddings(tiny_model, prompt):
+    from ros2_spatial_mllm.backends.prompt_table import (build_prompt_table_inputs,
+                                                        embed_with_prompt_table)
+    cfg = tiny_model.config
+    embedding = tiny_model.get_input_embeddings()
+    vocab = embedding.num_embeddings
+    inputs = build_prompt_table_inputs(prompt["ids"], prompt["fused"], cfg.video_token_id, vocab)
+    assert int((inputs.input_ids >= vocab).sum()) == prompt["fused"].shape[0]
+    assert inputs.input_ids[inputs.input_ids >= vocab].tolist() == list(
+        range(vocab, vocab + prompt["fused"].shape[0]))
+    with torch.no_grad():
+        expected = LLMDecoder(tiny_model).prompt_embeddings(prompt["ids"], prompt["fused"])
+        got = embed_with_prompt_table(inputs, embedding)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="table rows"):
+        build_prompt_table_inputs(prompt["ids"], prompt["fused"][:3], cfg.video_token_id, vocab)

@@ -89,3 +89,20 @@ def test_cli_writes_report(tmp_path, capsys):
     assert data_main(["conformance", "--meta", str(tmp_path / "missing.json"), "--questions", str(QUESTIONS)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.json" in err[0]
+
+
+def test_pruned_box_distance_equals_brute_force():
+    import numpy as np
+    from training.data.meta_info import ObjectBox
+    from training.data.spatial_gt import box_distance, box_grid_points
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        boxes = []
+        for _ in range(2):
+            q, _r = np.linalg.qr(rng.normal(size=(3, 3)))
+            q *= np.sign(np.linalg.det(q))
+            ext = rng.uniform(0.02, 0.5, 3)              # includes thin boxes (one sample per axis)
+            boxes.append(ObjectBox("x", rng.uniform(-1, 1, 3), ext, q))
+        pa, pb = box_grid_points(boxes[0]), box_grid_points(boxes[1])
+        brute = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1).min())
+        assert abs(box_distance(*boxes) - brute) < 1e-9

@@ -8,7 +8,7 @@ without it (real annotations, no video) all objects count as seen and appearance
 
 Ambiguity filters (each generator documents its own):
 - unique anchors: size, distance and direction questions name categories with one instance;
-- counting: only categories whose every instance is seen in the video;
+- counting: categories with >= 2 instances (as in VSI-Bench), every instance seen in the video;
 - absolute distance: objects at least 0.15 m apart (touching boxes make tiny, noisy answers);
 - relative distance: the closest option beats the runner-up by >= 0.15 m (and by 15 %);
 - relative direction: pairwise distances in [0.3, 5] m, the centroid's angle >= 10 deg from a
@@ -70,6 +70,8 @@ def gen_counting(ctx: _Ctx) -> List[QA]:
     out = []
     for cat in ctx.seen_categories():
         n = len(ctx.meta.objects[cat])
+        if n < 2:
+            continue
         out.append(_qa(ctx, "object_counting", f"How many {cat}(s) are in this room?", str(n), "number", str(n), category=cat))
     return out
 

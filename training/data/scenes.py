@@ -278,8 +278,8 @@ def make_trajectory(path: np.ndarray, room: Room, num_frames: int, rng: np.rando
     tangent = path[(idx0 + 2) % n] - path[(idx0 - 2) % n]
     base_yaw = np.arctan2(tangent[:, 1], tangent[:, 0])
     phase = rng.uniform(0, 2 * math.pi)
-    sweep = np.radians(rng.uniform(35, 55)) * np.sin(2 * math.pi * rng.uniform(1.5, 3.0) * t / n + phase)
-    yaw = base_yaw + np.radians(rng.uniform(40, 65)) + sweep
+    sweep = np.radians(rng.uniform(25, 40)) * np.sin(2 * math.pi * rng.uniform(1.5, 3.0) * t / n + phase)
+    yaw = base_yaw + np.radians(rng.uniform(55, 80)) + sweep
     height = rng.uniform(1.3, 1.6) + 0.02 * np.sin(2 * math.pi * 6 * t / n + phase)
     pitch = np.radians(rng.uniform(-26, -16)) + np.radians(3) * np.sin(2 * math.pi * t / n)
     roll = np.radians(rng.normal(0, 1.0, num_frames))
@@ -298,7 +298,7 @@ def make_trajectory(path: np.ndarray, room: Room, num_frames: int, rng: np.rando
 
 
 def make_scene(seed: int, num_frames: int = 128, name: Optional[str] = None,
-               min_objects: int = 8, max_objects: int = 18) -> ProceduralScene:
+               min_objects: int = 10, max_objects: int = 20) -> ProceduralScene:
     """Build a procedural scene deterministically from ``seed``."""
     rng = np.random.default_rng(seed)
     room = make_room(rng)

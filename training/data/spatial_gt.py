@@ -56,14 +56,6 @@ def box_grid_points(box: ObjectBox, spacing: float = GRID_SPACING_M) -> np.ndarr
     return world[inside] if inside.any() else world
 
 
-def _grid_cell_diagonal(box: ObjectBox, spacing: float) -> float:
-    steps = []
-    for e in box.axes_lengths:
-        n = max(int(math.ceil(e / spacing)), 1)
-        steps.append(e if n == 1 else e / (n - 1))
-    return float(np.linalg.norm(steps))
-
-
 def _min_pair_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> float:
     best = np.inf
     for i in range(0, len(a), chunk):
@@ -74,18 +66,18 @@ def _min_pair_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> float
 
 
 def box_distance(a: ObjectBox, b: ObjectBox, spacing: float = GRID_SPACING_M) -> float:
-    """Minimum distance between the grid samples of two boxes (metres).
+    """Minimum distance between the grid samples of two boxes (metres), exact on the samples.
 
-    Exact on the sampled sets: only points that can take part in the minimum are compared
-    (a point of A farther from box B than min_a dist(a,B) + twice B's grid cell diagonal
-    cannot; twice because the crop may thin out face points).
+    Pruning: U = an achieved pair distance (the A sample nearest to box B against all B samples,
+    and vice versa); a sample farther than U from the other solid box cannot be in the optimal
+    pair, because its distance to any sample of that box is at least its distance to the box.
     """
     pa, pb = box_grid_points(a, spacing), box_grid_points(b, spacing)
     da, db = b.distance_to(pa), a.distance_to(pb)
-    bound = min(da.min() + 2.0 * _grid_cell_diagonal(b, spacing),
-                db.min() + 2.0 * _grid_cell_diagonal(a, spacing))
-    sa, sb = pa[da <= bound + 1e-9], pb[db <= bound + 1e-9]
-    return _min_pair_distance(sa, sb)
+    a0, b0 = pa[int(np.argmin(da))], pb[int(np.argmin(db))]
+    upper = min(float(np.linalg.norm(pb - a0, axis=1).min()), float(np.linalg.norm(pa - b0, axis=1).min()))
+    sa, sb = pa[da <= upper + 1e-9], pb[db <= upper + 1e-9]
+    return min(upper, _min_pair_distance(sa, sb))
 
 
 def category_distance(boxes_a: Sequence[ObjectBox], boxes_b: Sequence[ObjectBox]) -> float:

@@ -1,0 +1,216 @@
+"""Helpers for the node-level reliability tests and benchmarks/bench_soak.py: start the real
+`spatial_mllm_node` console script, talk to it from a private rclpy Context (never the global
+one, so these tests coexist with tests/node in one pytest process), read its RSS from /proc.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_EXE = Path(sys.executable).parent / "spatial_mllm_node"
+PUBLISHER = Path(__file__).resolve().parent / "stream_publisher.py"
+
+
+def ros_env() -> dict:
+    """Environment for child processes: same domain/discovery as this process, 1 BLAS thread."""
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 200))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+    env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
+    return env
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory (VmRSS) of a process in MiB, None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def _arg(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+class NodeProc:
+    """The node as a child process; log in `log_path`."""
+
+    def __init__(self, name: str, params: dict, log_path: Path) -> None:
+        self.name, self.log_path = name, Path(log_path)
+        cmd = [str(NODE_EXE), "--ros-args", "-r", f"__node:={name}"]
+        for key, value in params.items():
+            cmd += ["-p", f"{key}:={_arg(value)}"]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=ros_env())
+
+    @property
+    def fqn(self) -> str:
+        return f"/{self.name}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_mb(self) -> float | None:
+        return rss_mb(self.proc.pid)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if not self._log.closed:
+            self._log.close()
+        return self.proc.returncode
+
+
+class RosClient:
+    """A client node in its own rclpy Context, spun by a background thread."""
+
+    def __init__(self, name: str) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - context shut down
+            pass
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    # ---------------------------------------------------------------- calls
+    def call(self, srv_type, name: str, request, timeout: float = 60.0, wait: float = 60.0):
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=wait):
+                raise TimeoutError(f"service {name} not available after {wait} s")
+            future = client.call_async(request)
+            if not wait_for(future.done, timeout):
+                raise TimeoutError(f"no reply from {name} within {timeout} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def ask(self, fqn: str, question: str = "How many boxes are there?", timeout: float = 90.0, **fields):
+        from ros2_spatial_mllm.srv import AskSpatial
+        return self.call(AskSpatial, f"{fqn}/ask", AskSpatial.Request(question=question, **fields), timeout)
+
+    def state(self, fqn: str) -> str:
+        from lifecycle_msgs.srv import GetState
+        return self.call(GetState, f"{fqn}/get_state", GetState.Request()).current_state.label
+
+    def transition(self, fqn: str, label: str, timeout: float = 120.0) -> bool:
+        from lifecycle_msgs.srv import ChangeState
+        request = ChangeState.Request()
+        request.transition.label = label
+        return self.call(ChangeState, f"{fqn}/change_state", request, timeout).success
+
+    def set_params(self, fqn: str, **values) -> list[bool]:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return [r.successful for r in self.call(SetParameters, f"{fqn}/set_parameters", request).results]
+
+    def wait_active(self, fqn: str, timeout: float = 120.0) -> bool:
+        def active() -> bool:
+            try:
+                return self.state(fqn) == "active"
+            except TimeoutError:
+                return False
+        return wait_for(active, timeout, interval=0.5)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class Diagnostics:
+    """Latest key/values per status ("input", "model") of one node from /diagnostics."""
+
+    def __init__(self, client: RosClient, fqn: str) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.fqn, self.latest, self.levels, self.messages = fqn, {}, {}, {}
+        self._lock = threading.Lock()
+        self.sub = client.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, 10)
+
+    def _on(self, msg) -> None:
+        with self._lock:
+            for status in msg.status:
+                if status.name.startswith(self.fqn + ":"):
+                    key = status.name.split(": ", 1)[1]
+                    self.latest[key] = {kv.key: kv.value for kv in status.values}
+                    self.levels[key] = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) \
+                        else int(status.level)
+                    self.messages[key] = status.message
+
+    def get(self, status: str, key: str, default=None):
+        with self._lock:
+            return self.latest.get(status, {}).get(key, default)
+
+    def number(self, status: str, key: str, default: float = 0.0) -> float:
+        value = self.get(status, key)
+        return float(value) if value is not None else default
+
+
+def start_publisher(topic: str, duration_s: float, rate_hz: float = 30.0, width: int = 1920, height: int = 1080,
+                    t0_ns: int | None = None, loops_back_at: float | None = None) -> subprocess.Popen:
+    """`stream_publisher.py` in a child process; its stdout's last line is a JSON summary."""
+    cmd = [sys.executable, str(PUBLISHER), "--topic", topic, "--duration", str(duration_s), "--rate", str(rate_hz),
+           "--size", f"{width}x{height}"]
+    if t0_ns is not None:
+        cmd += ["--t0-ns", str(t0_ns)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ros_env())
+
+
+def publisher_summary(proc: subprocess.Popen, timeout: float = 60.0) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"publisher failed (rc {proc.returncode}): {err[-1500:]}")
+    return json.loads(lines[-1])
+
+
+def percentile(values, q: float) -> float:
+    import numpy as np
+    return float(np.percentile(np.asarray(values, float), q)) if len(values) else float("nan")

@@ -1,0 +1,97 @@
+"""Geometry pre-training (exact GT conversion, overfitting a clip, only VGGT trained), the
+official-preset skip, the CLI contract, config overrides and the metrics CSV/PNG."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from training.fixtures import plane_clip, tiny_assets_for_tests
+from training.geometry_losses import depth_loss, ground_truth_pose_encoding
+from training.geometry_pretrain import geometry_step_loss, prepare_clip, run_geometry
+from training.metrics import MetricsLog
+from training.trainer_utils import component_of, load_config
+
+
+def test_ground_truth_pose_encoding_world_is_first_camera():
+    clip = prepare_clip(plane_clip(np.random.default_rng(0), n_frames=3), (84, 112))
+    enc = ground_truth_pose_encoding(clip["cam_from_world"][None], clip["intrinsics"][None], (84, 112))
+    assert enc.shape == (1, 3, 9)
+    assert torch.allclose(enc[0, 0, :7], torch.tensor([0, 0, 0, 0, 0, 0, 1.0]), atol=1e-6)  # identity, quat xyzw
+    # FoV from the rescaled focal length: 2 atan((h/2) / fy), fy = 90 * 84/112
+    assert enc[0, 0, 7].item() == pytest.approx(2 * np.arctan(42 / (90 * 84 / 112)), rel=1e-5)
+    from ros2_spatial_mllm.geometry import pose_encoding_to_extrinsics_intrinsics
+    rel, _ = pose_encoding_to_extrinsics_intrinsics(enc, (84, 112))
+    e0, e2 = np.eye(4), np.eye(4)
+    e0[:3] = clip["cam_from_world"][0, :3].numpy()
+    e2[:3] = clip["cam_from_world"][2, :3].numpy()
+    assert np.allclose(rel[0, 2].numpy(), (e2 @ np.linalg.inv(e0))[:3], atol=1e-4)
+
+
+def test_depth_loss_confidence_tradeoff():
+    gt = torch.ones(1, 1, 4, 4)
+    pred = gt + 0.5
+    low, high = torch.full((1, 1, 4, 4), 1.0), torch.full((1, 1, 4, 4), 3.0)
+    # error 0.5 everywhere: conf 3 costs 3*0.5 - 0.2 log 3 = 1.28 > conf 1 costs 0.5
+    assert depth_loss(pred, high, gt)["loss"] > depth_loss(pred, low, gt)["loss"]
+    assert depth_loss(gt.clone(), high, gt)["loss"] < depth_loss(gt.clone(), low, gt)["loss"]  # exact: confident wins
+    masked = depth_loss(pred, low, torch.zeros_like(gt))  # no valid pixel
+    assert masked["depth_l1"] == 0.0
+
+
+def test_geometry_overfits_a_clip_and_trains_only_vggt(tmp_path):
+    from training.model_io import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model({"init": "random", "assets_dir": str(tiny_assets_for_tests(tmp_path))})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    vggt = model.spatial_encoder.vggt_model
+    for p in vggt.parameters():
+        p.requires_grad_(True)
+    clip = prepare_clip(plane_clip(np.random.default_rng(1), n_frames=3), (56, 84))
+    batch = {k: v[None] for k, v in clip.items()}
+    opt = torch.optim.AdamW(vggt.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss, metrics = geometry_step_loss(vggt, batch, (56, 84), {})
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    changed = {component_of(k) for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"spatial_encoder"}
+
+
+def test_geometry_stage_is_skipped_for_the_official_preset():
+    assert run_geometry({"model": {"preset": "official"}})["skipped"] is True
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "training.cli", "sft", "--config", str(tmp_path / "missing.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spatial-mllm-train sft: error:") and "missing.yaml" in lines[0]
+
+
+def test_config_base_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 1\nsft: {max_steps: 10, lr: {llm: 1.0e-5}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nsft: {batch_size: 4}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["sft.max_steps=3", "sft.lr.connector=2e-5"])
+    assert cfg == {"seed": 1, "sft": {"max_steps": 3, "batch_size": 4, "lr": {"llm": 1e-5, "connector": 2e-5}}}
+
+
+def test_metrics_csv_resume_and_png(tmp_path):
+    log = MetricsLog(tmp_path / "m.csv")
+    for step in range(1, 6):
+        log.log(step=step, loss=1.0 / step, lr=1e-3)
+    resumed = MetricsLog(tmp_path / "m.csv", resume_step=3)  # rows after the checkpoint are dropped
+    assert [r["step"] for r in resumed.rows] == [1, 2, 3]
+    png = resumed.plot(tmp_path / "curves.png", keys=["loss", "lr"])
+    import cv2
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 200 and (img < 250).any()

@@ -1,0 +1,242 @@
+"""The trained default: data -> geometry pre-training -> SFT -> (optional GRPO) -> export ->
+evaluation tables, one command with a fixed seed.
+
+    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~2 h, 2 CPU cores
+    spatial-mllm-train default --config training/configs/tiny_smoke.yaml         # minutes
+
+Steps (each resumable: a finished step is skipped when its `final/` exists, unless force):
+  1. data      the data engine renders the synthetic scenes with depth (training/data/generate.py)
+  2. geometry  spatial-encoder pre-training on depth + poses (geometry_pretrain.py)
+  3. sft       SFT from the geometry checkpoint (sft.py)
+  4. grpo      optional (grpo.enabled)
+  5. export    official-layout checkpoint into export.dir (ros2_spatial_mllm/assets/tiny for the
+               shipped default), float32 safetensors, size checked against export.max_mb
+  6. eval      test split with the data engine's evaluator at the same frame count with uniform
+               and space-aware sampling, plus the answer-prior baseline (most frequent option /
+               median number per task, from the training split); report.md + report.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from training.trainer_utils import deep_update
+
+
+def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
+    stage = deep_update({k: v for k, v in cfg.items() if k not in ("geometry", "sft", "grpo", "export", "eval")},
+                        {"output_dir": str(out / name), name: cfg.get(name, {})})
+    if init is not None:
+        stage["model"] = {**stage.get("model", {}), "init": init}
+    return stage
+
+
+def _done(out: Path, name: str) -> bool:
+    return (out / name / "final" / "config.json").is_file()
+
+
+def ensure_data(cfg: dict) -> Path:
+    """Render the synthetic dataset with the data engine unless data.root already has it.
+
+    Scenes go through the engine's own `process_scene` (same files, same seeds, resumable);
+    a scene the engine fails on is skipped and listed in generation_failures.json instead of
+    aborting the whole run; the split files are then assembled as the engine does."""
+    import multiprocessing as mp
+    from dataclasses import asdict
+
+    from training.data.dataset import read_jsonl, write_jsonl
+    from training.data.generate import GenerateConfig
+    from training.data.splits import SPLITS, scene_jobs
+
+    data = cfg.get("data", {})
+    root = Path(data["root"])
+    if (root / "train.jsonl").is_file() and (root / "summary.json").is_file():
+        return root
+    gen = dict(data.get("generate", {}))
+    workers = int(gen.pop("workers", 2))
+    if "split_fractions" in gen:
+        gen["split_fractions"] = tuple(gen["split_fractions"])
+    gcfg = GenerateConfig(**gen)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(root), split, seed, sid, asdict(gcfg)) for split, seed, sid in scene_jobs(gcfg.num_scenes, gcfg.split_fractions)]
+    from tqdm import tqdm
+
+    results = []
+    with mp.get_context("fork").Pool(max(1, workers)) as pool:
+        for res in tqdm(pool.imap_unordered(_safe_scene, jobs), total=len(jobs), desc="scenes"):
+            results.append(res)
+    failures = [r for r in results if "error" in r]
+    (root / "generation_failures.json").write_text(json.dumps(failures, indent=1))
+    summary = {"scenes": len(jobs), "failed": len(failures), "splits": {}}
+    for split in SPLITS:
+        rows = []
+        for job in jobs:
+            qa = root / "scenes" / split / job[3] / "qa.jsonl"
+            if job[1] == split and (root / "scenes" / split / job[3] / "done.json").is_file():
+                rows.extend(read_jsonl(qa))
+        write_jsonl(rows, root / f"{split}.jsonl")
+        summary["splits"][split] = {"questions": len(rows)}
+    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    return root
+
+
+def _safe_scene(job) -> dict:
+    import os
+
+    from training.data.generate import process_scene
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        return process_scene(job)
+    except Exception as exc:  # engine failure on one scene: skip it, keep going
+        return {"scene_id": job[3], "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def prior_baseline(train: list[dict], test: list[dict]) -> dict:
+    """Answer-prior baseline: per task the most frequent option letter (multiple choice) or the
+    median answer (numbers; per component for vectors/pixels), from the training split."""
+    from training.data.dataset import record_extra
+    from training.eval.scorer import aggregate, score_record
+    from training.rewards import parse_vector
+
+    by_task = defaultdict(list)
+    for r in train:
+        by_task[r["task_type"]].append(r)
+    guess = {}
+    for task, rows in by_task.items():
+        if rows[0].get("answer_type") == "choice" or rows[0].get("options"):
+            guess[task] = Counter(str(r["answer"]) for r in rows).most_common(1)[0][0]
+        else:
+            vecs = [parse_vector(str(r["answer"])) for r in rows]
+            width = Counter(len(v) for v in vecs).most_common(1)[0][0]
+            med = [statistics.median(v[i] for v in vecs if len(v) == width) for i in range(width)]
+            guess[task] = (f"{med[0]:g}" if width == 1 else "(" + ", ".join(f"{m:g}" for m in med) + ")")
+    scored = []
+    for r in test:
+        reply = guess.get(r["task_type"], "")
+        scored.append({"task_type": r["task_type"], "family": r.get("family", "vsibench"),
+                       "score": score_record(dict(r, extra=record_extra(r)), reply)})
+    return {"summary": aggregate(scored), "guesses": guess}
+
+
+def macro(summary: dict) -> dict:
+    """VSI-Bench macro (mean of its task scores), MultiSPA mean, and the mean over every task."""
+    tasks = summary["tasks"]
+    return {"vsibench": summary["vsibench"]["overall"], "multispa": summary["multispa"]["overall"],
+            "all_tasks": sum(t["score"] for t in tasks.values()) / len(tasks) if tasks else None}
+
+
+def run_eval(model_dir: Path, data_root: Path, out: Path, ecfg: dict) -> dict:
+    from training.data.dataset import read_jsonl
+    from training.eval.tables import write_tables
+    from training.evaluate import _parser, evaluate
+
+    split = ecfg.get("split", "test")
+    results = {}
+    for sampling in ecfg.get("samplings", ["uniform", "space_aware"]):
+        argv = ["--model", str(model_dir), "--data", str(data_root), "--split", split, "--num-frames",
+                str(ecfg.get("num_frames", 8)), "--sampling", sampling, "--out", str(out / sampling), "--no-progress",
+                "--max-new-tokens", str(ecfg.get("max_new_tokens", 12))]
+        if ecfg.get("limit"):
+            argv += ["--limit", str(ecfg["limit"])]
+        results[sampling] = evaluate(_parser().parse_args(argv))["summary"]
+    test = read_jsonl(data_root / f"{split}.jsonl")[: ecfg.get("limit") or None]
+    base = prior_baseline(read_jsonl(data_root / "train.jsonl"), test)
+    write_tables(base["summary"], out / "prior_baseline", title=f"{split}: answer-prior baseline")
+    results["prior_baseline"] = base["summary"]
+    return results
+
+
+def report(results: dict, out: Path, header: str) -> dict:
+    """report.md (one row per task, a column per run) and report.json with the macro figures."""
+    runs = list(results)
+    tasks = sorted({t for r in results.values() for t in r["tasks"]})
+    lines = [f"## {header}", "", "| task | n | " + " | ".join(runs) + " |", "|---|---:|" + "---:|" * len(runs)]
+    for t in tasks:
+        n = next((r["tasks"][t]["n"] for r in results.values() if t in r["tasks"]), 0)
+        cells = [f"{100 * r['tasks'][t]['score']:.1f}" if t in r["tasks"] else "" for r in results.values()]
+        lines.append(f"| {t} | {n} | " + " | ".join(cells) + " |")
+    macros = {k: macro(v) for k, v in results.items()}
+    for key, label in (("vsibench", "VSI-Bench macro"), ("multispa", "MultiSPA mean"), ("all_tasks", "all-task macro")):
+        cells = [f"**{100 * m[key]:.1f}**" if m[key] is not None else "" for m in macros.values()]
+        lines.append(f"| {label} | | " + " | ".join(cells) + " |")
+    best = [r for r in runs if r != "prior_baseline"]
+    checks = {}
+    if "prior_baseline" in macros and best:
+        for r in best:
+            for key in ("vsibench", "all_tasks"):
+                if macros[r][key] is not None and macros["prior_baseline"][key] is not None:
+                    checks[f"{r}_minus_prior_{key}_points"] = round(100 * (macros[r][key] - macros["prior_baseline"][key]), 2)
+    if "space_aware" in macros and "uniform" in macros and macros["uniform"]["vsibench"] is not None:
+        checks["space_aware_minus_uniform_vsibench_points"] = round(
+            100 * (macros["space_aware"]["vsibench"] - macros["uniform"]["vsibench"]), 2)
+    lines += ["", "Checks (points): " + ", ".join(f"{k} = {v}" for k, v in checks.items())]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.json").write_text(json.dumps({"macro": macros, "checks": checks, "results": results}, indent=1))
+    return {"macro": macros, "checks": checks}
+
+
+def export_model(model_dir: Path, export_dir: Path, max_mb: float) -> dict:
+    """Copy the final checkpoint (official layout + tokenizer/processor files) to export_dir."""
+    from ros2_spatial_mllm.model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, rep = load_checkpoint(model_dir)
+    if not rep.ok:
+        raise RuntimeError(f"export: {model_dir}: {rep.summary()}")
+    export_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, export_dir, assets_from=model_dir)
+    size = sum(p.stat().st_size for p in export_dir.glob("*.safetensors")) / 2**20
+    if size > max_mb:
+        raise RuntimeError(f"export: {size:.1f} MB of safetensors exceeds export.max_mb={max_mb}")
+    return {"dir": str(export_dir), "safetensors_mb": round(size, 2)}
+
+
+def run_default(cfg: dict) -> dict:
+    from training.geometry_pretrain import run_geometry
+    from training.sft import run_sft
+
+    out = Path(cfg.get("output_dir", "runs/tiny_default"))
+    out.mkdir(parents=True, exist_ok=True)
+    force = bool(cfg.get("force", False))
+    data_root = ensure_data(cfg)
+    init = cfg.get("model", {}).get("init", "random")
+    if cfg.get("geometry", {}).get("enabled", True) and cfg.get("model", {}).get("preset", "tiny") == "tiny":
+        if force or not _done(out, "geometry"):
+            run_geometry(_stage_cfg(cfg, "geometry", out, init))
+        init = str(out / "geometry" / "final")
+    if force or not _done(out, "sft"):
+        run_sft(_stage_cfg(cfg, "sft", out, init))
+    init = str(out / "sft" / "final")
+    if cfg.get("grpo", {}).get("enabled", False):
+        from training.grpo import run_grpo
+        if force or not _done(out, "grpo"):
+            run_grpo(_stage_cfg(cfg, "grpo", out, init))
+        init = str(out / "grpo" / "final")
+    result = {"final_dir": init}
+    ex = cfg.get("export", {})
+    if ex.get("dir"):
+        result["export"] = export_model(Path(init), Path(ex["dir"]), float(ex.get("max_mb", 30)))
+    ecfg = cfg.get("eval", {})
+    if ecfg.get("enabled", True):
+        results = run_eval(Path(init), data_root, out / "eval", ecfg)
+        result["report"] = report(results, out, f"{Path(init)} on {data_root} ({ecfg.get('split', 'test')} split, "
+                                                f"{ecfg.get('num_frames', 8)} frames)")
+    (out / "pipeline.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def main(argv=None) -> int:  # python -m training.pipeline CONFIG  (same as spatial-mllm-train default)
+    from training.cli import main as cli_main
+
+    parser = argparse.ArgumentParser(description="run the trained-default pipeline")
+    parser.add_argument("config", help="YAML config, e.g. training/configs/tiny_default.yaml")
+    args = parser.parse_args(argv)
+    return cli_main(["default", "--config", args.config])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
