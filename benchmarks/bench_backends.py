@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engines.export import export_all  # noqa: E402
-from engines.export_modules import (SpatialEncoderExport, SpatialGeometryExport,  # noqa: E402
-                                    VisionEncoderExport)
+from engines.export_modules import SpatialEncoderExport, VisionEncoderExport  # noqa: E402
 from engines.model_factory import build_model  # noqa: E402
 from ros2_spatial_mllm.backends import get_backend  # noqa: E402
 from ros2_spatial_mllm.backends.llm import GenerationSettings, LLMDecoder  # noqa: E402
@@ -111,9 +110,10 @@ def count_flops(fn: Callable) -> int:
     return int(counter.get_total_flops())
 
 
-def official_flops(frames: int, height: int, width: int, text_tokens: int = 36) -> dict:
-    """FLOPs of the official-size stages of one query (meta device: nothing is allocated)."""
-    model = build_model("official", device="meta", dtype=torch.bfloat16)
+def official_flops(frames: int, height: int, width: int, text_tokens: int = 36,
+                   preset: str = "official") -> dict:
+    """FLOPs of the stages of one query (meta device: nothing is allocated)."""
+    model = build_model(preset, device="meta", dtype=torch.bfloat16)
     x = torch.empty(1, frames, 3, height, width, device="meta", dtype=torch.bfloat16)
     tokens = frames // 2 * (height // 28) * (width // 28)
     flops = {"spatial_encoder": count_flops(lambda: SpatialEncoderExport(model.spatial_encoder)(x)),
@@ -168,77 +168,88 @@ def cpu_section(args) -> dict:
     return result
 
 
-def gpu_section(args) -> dict:
-    dev = torch.device("cuda")
-    sync = torch.cuda.synchronize
-    name = torch.cuda.get_device_name()
+GPU_SIZES = {"spatial": ((16, 336, 518), (16, 476, 644)), "query": (16, 476, 644),
+             "candidates": (128, 392, 518), "new_tokens": 128}
+
+
+def gpu_section(args, device: str = "cuda", preset: str = "official",
+                sizes: dict = GPU_SIZES) -> dict:
+    """Official-size stage timings on `device` (preset/sizes smaller only for the CPU smoke test)."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    name = torch.cuda.get_device_name() if cuda else platform.processor()
     peak, bandwidth = next((v for k, v in GPU_PEAKS.items() if k in name), (None, None))
-    model = build_model("official", device=dev, dtype=torch.bfloat16)
+    dtype = torch.bfloat16
+    model = build_model(preset, device=dev, dtype=dtype)
     backend = get_backend("torch", model)
-    out = {"machine": machine_info("cuda"), "gpu": name, "peak_bf16_tflops": peak,
-           "hbm_tb_per_s": bandwidth, "preset": "official (random weights)", "dtype": "bf16"}
+    out = {"machine": machine_info(device), "gpu": name, "peak_bf16_tflops": peak,
+           "hbm_tb_per_s": bandwidth, "preset": f"{preset} (random weights)", "dtype": "bf16"}
 
     def measure(label, fn, flops=None):
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         ms = timed(fn, args.repeats, sync)
-        entry = {"ms": round(ms, 2), "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2)}
+        entry = {"ms": round(ms, 2)}
+        if cuda:
+            entry["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        if flops:
+            entry["tflop"] = round(flops / 1e12, 6)
         if flops and peak:
-            entry.update(tflop=round(flops / 1e12, 2), floor_ms=round(flops / (peak * 1e12) * 1e3, 2))
+            entry["floor_ms"] = round(flops / (peak * 1e12) * 1e3, 2)
             entry["x_floor"] = round(ms / entry["floor_ms"], 2)
         out[label] = entry
         print(label, entry, flush=True)
 
     with torch.inference_mode():
-        for h, w in ((336, 518), (476, 644)):
-            x = torch.rand(1, 16, 3, h, w, device=dev, dtype=torch.bfloat16)
-            paper = count_flops_meta_spatial(16, h, w)
-            measure(f"spatial_encoder_16f_{h}x{w}", lambda: backend.spatial_encoder(x), paper)
-        paper = official_flops(16, 476, 644)
-        out["flops_16f_476x644"] = paper["flops"]
-        x = torch.rand(1, 16, 3, 476, 644, device=dev, dtype=torch.bfloat16)
-        grid = torch.tensor([[8, 34, 46]], device=dev)
+        for frames, h, w in sizes["spatial"]:
+            x = torch.rand(1, frames, 3, h, w, device=dev, dtype=dtype)
+            flops = official_flops(frames, h, w, preset=preset)["flops"]["spatial_encoder"]
+            measure(f"spatial_encoder_{frames}f_{h}x{w}", lambda: backend.spatial_encoder(x), flops)
+        frames, h, w = sizes["query"]
+        paper = official_flops(frames, h, w, preset=preset)
+        out[f"flops_{frames}f_{h}x{w}"] = paper["flops"]
+        x = torch.rand(1, frames, 3, h, w, device=dev, dtype=dtype)
+        grid = torch.tensor([[frames // 2, h // 14, w // 14]], device=dev)
         fused = backend.fuse_video(x)
         ids = prompt_ids(model, fused.shape[0], dev)
         decoder = LLMDecoder(model)
-        measure("prefill_16f_476x644", lambda: decoder.generate(
+        measure(f"prefill_{frames}f_{h}x{w}", lambda: decoder.generate(
             ids, backend.fuse_video(x), grid, GenerationSettings(max_new_tokens=1)),
             paper["flops"]["prefill_total"])
         weight_bytes = 2 * paper["llm_params"]
-        for label, dec in (("decode_eager", decoder),
-                           ("decode_static_compiled", LLMDecoder(model, static_cache=True,
-                                                                 compile_decode=True,
-                                                                 max_cache_len=ids.shape[1] + 160))):
-            runs = [dec.generate(ids, fused, grid, GenerationSettings(max_new_tokens=128))
-                    for _ in range(3)]
-            tps = runs[-1].decode_tokens_per_s
-            out[label] = {"tokens_per_s": round(tps, 1),
-                          "bandwidth_ceiling_tokens_per_s": round(bandwidth * 1e12 / weight_bytes, 1)
-                          if bandwidth else None}
+        decoders = [("decode_eager", decoder)]
+        if cuda:
+            decoders.append(("decode_static_compiled", LLMDecoder(
+                model, static_cache=True, compile_decode=True,
+                max_cache_len=ids.shape[1] + sizes["new_tokens"] + 32)))
+        for label, dec in decoders:
+            runs = [dec.generate(ids, fused, grid,
+                                 GenerationSettings(max_new_tokens=sizes["new_tokens"]))
+                    for _ in range(3)]  # the first runs compile / warm up
+            out[label] = {"tokens_per_s": round(runs[-1].decode_tokens_per_s, 1),
+                          "bandwidth_ceiling_tokens_per_s":
+                              round(bandwidth * 1e12 / weight_bytes, 1) if bandwidth else None}
             print(label, out[label], flush=True)
-        candidates = torch.rand(1, 128, 3, 392, 518, device=dev, dtype=torch.bfloat16)
-        measure("reference_sampling_128f_392x518",
-                lambda: SpatialGeometryExport(model.spatial_encoder)(candidates))
-    out["incremental_pick_ms"] = incremental_pick_ms(args.repeats)
-    out["sampling_speedup"] = round(out["reference_sampling_128f_392x518"]["ms"]
-                                    / out["incremental_pick_ms"], 1)
+        frames, h, w = sizes["candidates"]
+        candidates = torch.rand(1, frames, 3, h, w, device=dev, dtype=dtype)
+        label = f"reference_sampling_{frames}f_{h}x{w}"
+        measure(label, lambda: model.spatial_encoder.vggt_model(candidates))  # heads chunked
+    out["incremental_pick_ms"] = incremental_pick_ms(args.repeats, frames, h, w)
+    out["sampling_speedup"] = round(out[label]["ms"] / out["incremental_pick_ms"], 1)
     return out
 
 
-def count_flops_meta_spatial(frames: int, height: int, width: int) -> int:
-    model = build_model("official", device="meta", dtype=torch.bfloat16)
-    x = torch.empty(1, frames, 3, height, width, device="meta", dtype=torch.bfloat16)
-    return count_flops(lambda: SpatialEncoderExport(model.spatial_encoder)(x))
-
-
-def incremental_pick_ms(repeats: int) -> float:
-    """Our query-time cost: greedy max-coverage over 128 frames whose voxels are cached."""
+def incremental_pick_ms(repeats: int, frames: int = 128, height: int = 392,
+                        width: int = 518) -> float:
+    """Our query-time cost: greedy max-coverage (k=16) over `frames` frames with cached voxels."""
     from ros2_spatial_mllm.sampling.sources import frame_voxels_from_depth
     from ros2_spatial_mllm.sampling.space_aware import VoxelIndex
     from ros2_spatial_mllm.sampling.synthetic import room_scan
 
-    depth, intrinsics, world_from_camera, _ = room_scan(128, height=392, width=518)
+    depth, intrinsics, world_from_camera, _ = room_scan(frames, height=height, width=width)
     index = VoxelIndex()
-    for i in range(128):
+    for i in range(frames):
         index.add(i, frame_voxels_from_depth(depth[i], intrinsics, world_from_camera[i]))
     return round(timed(lambda: index.select(16), repeats), 3)
 

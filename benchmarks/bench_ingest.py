@@ -84,7 +84,9 @@ def per_frame_cost(hw, kind: str, iterations: int) -> dict:
         deser.append((time.perf_counter() - start) * 1e3)
     times = np.asarray(times[len(times) // 10:])     # drop warm-up
     assert buffer.stats()["rejected_total"] == 0
+    blocks = np.array_split(times, 5)                 # load spikes of a shared machine hit some blocks
     return {"mean_ms": float(times.mean()), "p50_ms": float(np.median(times)),
+            "p50_best_block_ms": float(min(np.median(b) for b in blocks)),
             "p99_ms": float(np.percentile(times, 99)), "iterations": iterations,
             "deserialize_ms": float(np.median(deser)),
             "payload_bytes": len(messages[0][1].data)}
@@ -191,7 +193,8 @@ def main() -> None:
         for kind in ("rgb8", "jpeg"):
             n = iterations if kind == "rgb8" else max(20, iterations // 5)
             results["per_frame"][f"{kind}_{name}"] = r = per_frame_cost(hw, kind, n)
-            print(f"{kind:5s} {name:10s} decode+add p50 {r['p50_ms']:.4f} ms  mean {r['mean_ms']:.4f} ms  "
+            print(f"{kind:5s} {name:10s} decode+add p50 {r['p50_ms']:.4f} ms (best block "
+                  f"{r['p50_best_block_ms']:.4f})  mean {r['mean_ms']:.4f} ms  "
                   f"p99 {r['p99_ms']:.4f} ms  (rclpy deserialize {r['deserialize_ms']:.3f} ms)")
     for name, kind, start_hz in (("1920x1080", "rgb8", 30.0), ("640x480", "rgb8", 30.0),
                                  ("640x480", "jpeg", 15.0), ("1920x1080", "jpeg", 15.0)):

@@ -162,21 +162,16 @@ def ask(args: argparse.Namespace) -> dict:
     try:
         from ros2_spatial_mllm import sampling
 
-        if args.sampling == "space_aware" and sensor is not None:
-            timings["geometry"] = 0.0
+        if args.sampling == "space_aware":
             lap = time.perf_counter()
-            voxels = [sampling.frame_voxels_from_depth(d, k, world_from_camera=pose, depth_scale=scale)
-                      for d, k, pose, scale in sensor]
-            timings["voxelize"] = (time.perf_counter() - lap) * 1000.0
+            prediction = model.predict_geometry(clip.frames) if sensor is None else None
+            timings["geometry"] = (time.perf_counter() - lap) * 1000.0 if sensor is None else 0.0
             lap = time.perf_counter()
-            selection = sampling.space_aware_sample(voxels, num_frames, timestamps=clip.timestamps)
-            timings["pick"] = (time.perf_counter() - lap) * 1000.0
-        elif args.sampling == "space_aware":
-            lap = time.perf_counter()
-            prediction = model.predict_geometry(clip.frames)
-            timings["geometry"] = (time.perf_counter() - lap) * 1000.0
-            lap = time.perf_counter()
-            voxels = sampling.frame_voxels_from_prediction(prediction)
+            if sensor is None:
+                voxels = sampling.frame_voxels_from_prediction(prediction)
+            else:
+                voxels = [sampling.frame_voxels_from_depth(d, k, world_from_camera=pose, depth_scale=scale)
+                          for d, k, pose, scale in sensor]
             timings["voxelize"] = (time.perf_counter() - lap) * 1000.0
             lap = time.perf_counter()
             selection = sampling.space_aware_sample(voxels, num_frames, timestamps=clip.timestamps)

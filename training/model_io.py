@@ -122,18 +122,55 @@ def frame_paths(rec: dict, data_cfg: dict) -> list[Path]:
     return [p if p.is_absolute() else root / p for p in map(Path, names)]
 
 
-def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None) -> list[int]:
-    """K of n frame indices: 'uniform' (C's uniform_sample when present), 'all', or 'space_aware'
-    (indices the data engine stored in rec['space_aware_indices'], else uniform)."""
+def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None, data_cfg: dict | None = None) -> list[int]:
+    """K of n candidate frame positions (sorted by time).
+
+    'uniform' (C's uniform_sample), 'all', or 'space_aware': C's voxel max-coverage over the
+    scene's sensor depth + poses (data engine scenes rendered with --save-depth; the node's
+    path with a depth camera), falling back to uniform when the scene has no depth."""
+    from ros2_spatial_mllm.sampling import uniform_sample
+
     if mode == "all" or n <= k:
         return list(range(n))
-    if mode == "space_aware" and rec is not None and rec.get("space_aware_indices"):
-        return sorted(int(i) for i in rec["space_aware_indices"])[:k]
-    try:
-        from ros2_spatial_mllm.sampling import uniform_sample  # C's
-    except ImportError:
-        return [int(round(x)) for x in np.linspace(0, n - 1, k)]
+    if mode == "space_aware" and rec is not None:
+        if rec.get("space_aware_indices"):
+            return sorted(int(i) for i in rec["space_aware_indices"])[:k]
+        chosen = _sensor_space_aware(rec, data_cfg or {}, k)
+        if chosen is not None:
+            return chosen
     return list(uniform_sample(n, k))
+
+
+_VOXEL_CACHE: dict[tuple, list] = {}
+
+
+def _sensor_space_aware(rec: dict, data_cfg: dict, k: int) -> list[int] | None:
+    """Positions (into the record's frame list) picked by space-aware sampling from sensor depth."""
+    import cv2
+
+    from ros2_spatial_mllm.sampling import candidate_indices, frame_voxels_from_depth, space_aware_sample
+
+    if not rec.get("frames_path"):
+        return None
+    scene = Path(data_cfg.get("root") or rec.get("_root", ".")) / rec["frames_path"]
+    scene = scene.parent
+    idx = rec.get("frame_indices") or list(range(int(rec.get("num_frames", 0))))
+    if not (scene / "depth").is_dir() or not (scene / "cameras.json").is_file():
+        return None
+    cand = candidate_indices(len(idx))
+    key = (str(scene), tuple(idx[c] for c in cand))
+    if key not in _VOXEL_CACHE:
+        cams = json.loads((scene / "cameras.json").read_text())
+        kmat = np.asarray(cams["intrinsics"], np.float64)
+        voxels = []
+        for c in cand:
+            f = int(idx[c])
+            depth = cv2.imread(str(scene / "depth" / f"{f:06d}.png"), cv2.IMREAD_UNCHANGED)
+            voxels.append(frame_voxels_from_depth(depth, kmat, camera_from_world=np.asarray(cams["camera_from_world"][f]),
+                                                  depth_scale=0.001, pixel_stride=4))
+        _VOXEL_CACHE[key] = voxels
+    result = space_aware_sample(_VOXEL_CACHE[key], k)
+    return sorted(cand[i] for i in result.indices)
 
 
 def read_frames(paths: Sequence[Path]) -> np.ndarray:
@@ -176,7 +213,7 @@ class ExampleEncoder:
 
     def record_frames(self, rec: dict) -> np.ndarray:
         paths = frame_paths(rec, self.data_cfg)
-        idx = choose_frames(len(paths), self.k, self.sampling, rec)
+        idx = choose_frames(len(paths), self.k, self.sampling, rec, self.data_cfg)
         return read_frames([paths[i] for i in idx])
 
     # -- text + video -----------------------------------------------------------------------
@@ -218,7 +255,8 @@ class ExampleEncoder:
 
     def frame_count(self, rec: dict) -> int:
         """Frames the model will see for this record (after padding to the temporal patch)."""
-        k = len(choose_frames(len(frame_paths(rec, self.data_cfg)), self.k, self.sampling, rec))
+        n = len(frame_paths(rec, self.data_cfg))
+        k = n if self.sampling == "all" else min(n, self.k)
         return k + k % 2
 
     def epoch_batches(self, records: list[dict], batch_size: int, epoch: int) -> list[list[int]]:

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from training.fixtures import make_qa_fixture, tiny_assets_for_tests

@@ -5,7 +5,7 @@ Commands (tiny CPU runs shown)::
     spatial-mllm-data conformance --meta tests/data/vsibench/scannet_meta_info_val.json \
         --questions tests/data/vsibench/scannet_questions.json [--out report.json]
     spatial-mllm-data generate --scenes 4 --questions-per-scene 30 --out /tmp/synth --workers 2 \
-        [--frames 32 --width 640 --height 480 --split-seeds 0:1000000,1000000:1100000,1100000:1200000]
+        [--frames 32 --width 640 --height 480 --split-fractions 0.8,0.1,0.1 --save-depth]
     spatial-mllm-data demo --out ros2_spatial_mllm/assets/demo
     spatial-mllm-data questions --meta META.json --out qa.jsonl     # VSI-Bench QA from real boxes
 

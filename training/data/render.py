@@ -117,9 +117,10 @@ class SceneRenderer:
         self.light /= np.linalg.norm(self.light)
         self.light32 = self.light.astype(np.float32)
         self.face_normal32 = self.face_normal.astype(np.float32)
-        keys = np.array(sorted(self.label_color))
-        self._color_keys = keys
-        self._color_table = np.stack([self.label_color[int(k)] for k in keys]).astype(np.float32)
+        # colour lookup table indexed by label + 3 (labels run from -3 = ceiling to max instance id)
+        self._color_lut = np.zeros((max(self.label_color) + 4, 3), np.float32)
+        for k, c in self.label_color.items():
+            self._color_lut[int(k) + 3] = c
 
     def _texture(self, labels: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """Per-hit multiplicative texture factor [M] from world hit points [M,3]."""
@@ -167,13 +168,14 @@ class SceneRenderer:
         origins[:] = origin
         hits = self.embree.run(origins, dirs, output=1)
         prim = np.asarray(hits["primID"])
-        ray = np.flatnonzero(prim >= 0)
-        tri = prim[ray]
+        all_hit = bool((prim >= 0).all())                 # closed rooms: skip the gathers
+        ray = slice(None) if all_hit else np.flatnonzero(prim >= 0)
+        tri = prim if all_hit else prim[ray]
         n_px = width * height
         depth = np.zeros(n_px, np.float32)
         inst = np.zeros(n_px, np.int32)
         rgb = np.zeros((n_px, 3), np.float32)
-        if len(ray):
+        if len(tri):
             t = np.asarray(hits["tfar"], np.float32)[ray]
             d = dirs[ray]
             loc = origin + d * t[:, None]
@@ -190,7 +192,7 @@ class SceneRenderer:
         return img, depth.reshape(height, width), inst.reshape(height, width)
 
     def _colors(self, labels: np.ndarray) -> np.ndarray:
-        return self._color_table[np.searchsorted(self._color_keys, labels)]
+        return self._color_lut[labels + 3]
 
     def render_video(self, width: int = 640, height: int = 480, poses: Optional[np.ndarray] = None,
                      hfov_deg: float = 66.0) -> RenderedVideo:
