@@ -6,12 +6,13 @@
 
 CPU section (every run): the tiny preset (random weights, fp32), one query of --frames frames
 at --height x --width; stages vision_encoder (Qwen ViT + merger), spatial_encoder (VGGT
-aggregator), connector (packed spatial tokens -> LLM width), prefill (all encoders + connector +
-one LLM pass over the prompt), and decode tokens/s over --new-tokens greedy tokens (the LLM runs
-in PyTorch for both backends, so decode is measured once, not as a ratio). Median of --repeats after
-one warm-up. ratio = torch_ms / onnxruntime_ms (> 1: ONNX Runtime faster). The official-size
-FLOPs of a 16-frame query (counted with torch's FlopCounterMode on the meta device) and their
-compute floors on H100/H200 are added on paper. Writes benchmarks/results/backends_cpu.json.
+aggregator), connector (packed spatial tokens -> LLM width), prefill (all encoders + connector
++ one LLM pass over the prompt), and decode tokens/s over --new-tokens greedy tokens (the LLM
+runs in PyTorch for both backends, so decode is measured once, not as a ratio). Median of
+--repeats after one warm-up, the two backends alternating run by run (the CPU may be shared).
+ratio = torch_ms / onnxruntime_ms (> 1: ONNX Runtime faster). The official-size FLOPs of a
+16-frame query (torch's FlopCounterMode on the meta device) and their compute floors on
+H100/H200 are added on paper. Writes benchmarks/results/backends_cpu.json.
 
 GPU section (--device cuda, only when CUDA exists): official sizes, random weights, bf16:
 spatial encoder on 16 frames (336x518 as the published VGGT timings, and 476x644), full 16-frame
@@ -69,25 +70,35 @@ def prompt_ids(model, num_video_tokens: int, device) -> torch.Tensor:
     return torch.tensor([ids], device=device)
 
 
-def stage_times(backend, decoder: LLMDecoder, frames, repeats: int,
-                sync=lambda: None) -> dict:
-    """ms per stage for one backend."""
+def stage_closures(backend, decoder: LLMDecoder, frames) -> dict:
+    """name -> zero-argument callable running that stage once with `backend`."""
     height, width = frames.shape[3:]
     grid = torch.tensor([[frames.shape[1] // 2, height // 14, width // 14]], device=frames.device)
     packed = backend.pack(backend.spatial_encoder(frames), height, width)
-    fused = backend.fuse_video(frames)
-    ids = prompt_ids(decoder.model, fused.shape[0], frames.device)
+    ids = prompt_ids(decoder.model, packed.shape[0], frames.device)
     settings = GenerationSettings(max_new_tokens=1)
+    return {"vision_encoder_ms": lambda: backend.vision_encoder(frames),
+            "spatial_encoder_ms": lambda: backend.spatial_encoder(frames),
+            "connector_ms": lambda: backend.connector(packed),
+            "prefill_ms": lambda: decoder.generate(ids, backend.fuse_video(frames), grid,
+                                                   settings)}
 
-    def prefill():
-        decoder.generate(ids, backend.fuse_video(frames), grid, settings)
 
-    out = {"vision_encoder_ms": timed(lambda: backend.vision_encoder(frames), repeats, sync),
-           "spatial_encoder_ms": timed(lambda: backend.spatial_encoder(frames), repeats, sync),
-           "connector_ms": timed(lambda: backend.connector(packed), repeats, sync),
-           "prefill_ms": timed(prefill, repeats, sync)}
-    out["prompt_tokens"] = int(ids.shape[1])
-    return out
+def interleaved_times(closures: dict, repeats: int) -> dict:
+    """{backend: {stage: median ms}}; backends alternate run by run so that both see the same
+    machine load (the CPU is shared)."""
+    names = list(closures)
+    stages = list(closures[names[0]])
+    times = {n: {st: [] for st in stages} for n in names}
+    for stage in stages:
+        for n in names:
+            closures[n][stage]()  # warm-up
+        for _ in range(repeats):
+            for n in names:
+                t0 = time.perf_counter()
+                closures[n][stage]()
+                times[n][stage].append((time.perf_counter() - t0) * 1000)
+    return {n: {st: round(statistics.median(v), 2) for st, v in times[n].items()} for n in names}
 
 
 def decode_rate(backend, decoder: LLMDecoder, frames, runs: int, new_tokens: int) -> dict:
@@ -149,8 +160,8 @@ def cpu_section(args) -> dict:
                     "onnxruntime": get_backend("onnxruntime", model, onnx_dir=tmp,
                                                intra_op_threads=threads)}
         decoder = LLMDecoder(model)
-        stages = {name: stage_times(b, decoder, frames, args.repeats)
-                  for name, b in backends.items()}
+        stages = interleaved_times({name: stage_closures(b, decoder, frames)
+                                    for name, b in backends.items()}, args.repeats)
         result["decode_pytorch_llm"] = decode_rate(backends["torch"], decoder, frames,
                                                    args.repeats, args.new_tokens)
     result["stages"] = stages

@@ -13,6 +13,7 @@ DINOv2 position-embedding interpolation); it needs no extra package.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 import warnings
@@ -116,7 +117,9 @@ def export_component(model: Any, component: str, out_dir: str | Path, dtype: str
         old.unlink()
     path = folder / f"{component}.onnx"
     wrapper, inputs, outputs, axes = export_wrapper(model, component)
-    wrapper = wrapper.to(DTYPES[dtype]).eval()
+    if next(wrapper.parameters()).dtype != DTYPES[dtype]:  # cast a copy, never the caller's model
+        wrapper = copy.deepcopy(wrapper).to(DTYPES[dtype])
+    wrapper = wrapper.eval()
     args = example_inputs(model, component, *example_size, dtype=DTYPES[dtype],
                           device=next(model.parameters()).device)
     with torch.no_grad(), warnings.catch_warnings():

@@ -165,3 +165,13 @@ def test_concurrent_add_and_window_stay_consistent():
     st = buf.stats()
     assert not errors and st["received"] == 500 and len(buf) == 50
     assert st["kept"] - st["dropped"]["evicted"] == 50 and st["input_rate_hz"] > 0
+
+
+def test_core_modules_import_without_rclpy():
+    import subprocess
+    import sys
+    code = ("import sys; import ros2_spatial_mllm.buffer, ros2_spatial_mllm.image_codec, "
+            "ros2_spatial_mllm.query_engine, ros2_spatial_mllm.geometry_worker, ros2_spatial_mllm.bag.io, "
+            "ros2_spatial_mllm.bag.cli; assert 'rclpy' not in sys.modules, 'rclpy imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

@@ -210,3 +210,26 @@ def test_timeout_stops_a_long_generation_mid_decode(engine):
         time.sleep(0.01)
     assert engine.queue_depth() == (0, False)
     assert len(tokens) < 512
+
+
+def test_shipped_bag_questions_answer_over_the_core_pipeline(model):
+    import json
+    from pathlib import Path
+    from ros2_spatial_mllm.bag.io import frames_from_bag
+    bag = Path(__file__).resolve().parents[1] / "data" / "bags" / "synthetic_room"
+    answers = json.loads((bag / "answers.json").read_text())
+    buf = FrameBuffer()
+    eng = QueryEngine(buf, EngineConfig(num_frames=6, max_new_tokens=4))
+    worker = GeometryWorker(buf, model_provider=lambda: eng.model, model_lock=eng.model_lock)
+    eng.geometry = worker
+    eng.attach_model(model)
+    for frame in frames_from_bag(bag):
+        buf.add(frame)
+    assert worker.wait_idle(20) and worker.stats()["sensor"] == len(answers["stamps_ns"])
+    for item in answers["questions"]:
+        out = eng.ask(QueryRequest(item["question"], options=item["options"]))
+        assert out.code == ErrorCode.OK, out.message
+        assert out.sampling == "space_aware" and len(out.frame_stamps_ns) == 6
+        assert set(out.frame_stamps_ns) <= set(answers["stamps_ns"])
+    worker.stop()
+    eng.shutdown(close_model=False)

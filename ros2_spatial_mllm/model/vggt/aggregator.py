@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import VGGTConfig
 from .layers.block import Block
-from .layers.rope import RotaryPositionEmbedding2D, token_positions
+from .layers.rope import RotaryPositionEmbedding2D
 from .patch_embed import ConvPatchEmbed, DinoV2PatchEmbed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -124,18 +124,24 @@ class Aggregator(nn.Module):
         tokens = torch.cat([camera, registers, patches], dim=1)  # [B*S, P, C]
         num_tokens, channels = tokens.shape[1], tokens.shape[2]
 
-        pos = None
+        # RoPE cos/sin evaluated once per forward, shared by every block (same positions in every frame)
+        frame_rope, global_rope = None, None
         if self.rope is not None:
             grid_h, grid_w = height // self.patch_size, width // self.patch_size
-            pos = token_positions(batch * frames, grid_h, grid_w, self.patch_start_idx, device=images.device)
-        frame_pos = pos  # [B*S, P, 2]
-        global_pos = pos.reshape(batch, frames * num_tokens, 2) if pos is not None else None  # [B, S*P, 2]
+            head_dim = self.config.embed_dim // self.config.num_heads
+            frame_rope = self.rope.grid_cos_sin(grid_h, grid_w, self.patch_start_idx, head_dim, images.device)
+            # [1, 1, P, hd] x 2 for frame blocks; repeated per frame -> [1, 1, S*P, hd] x 2 for global blocks
+            global_rope = tuple(table.repeat(1, 1, frames, 1) for table in frame_rope)
 
         kept = {}
         for layer in range(last_layer + 1):
-            tokens = self.frame_blocks[layer](tokens.reshape(batch * frames, num_tokens, channels), pos=frame_pos)
+            tokens = self.frame_blocks[layer](
+                tokens.reshape(batch * frames, num_tokens, channels), rope_cos_sin=frame_rope
+            )
             frame_out = tokens.reshape(batch, frames, num_tokens, channels)
-            tokens = self.global_blocks[layer](tokens.reshape(batch, frames * num_tokens, channels), pos=global_pos)
+            tokens = self.global_blocks[layer](
+                tokens.reshape(batch, frames * num_tokens, channels), rope_cos_sin=global_rope
+            )
             global_out = tokens.reshape(batch, frames, num_tokens, channels)
             if layer in wanted:
                 kept[layer] = torch.cat([frame_out, global_out], dim=-1)  # [B, S, P, 2C]

@@ -4,7 +4,7 @@ from .attention import Attention
 from .block import Block
 from .layer_scale import LayerScale
 from .mlp import Mlp
-from .rope import RotaryPositionEmbedding2D, patch_grid_positions, token_positions
+from .rope import RotaryPositionEmbedding2D, apply_rope, patch_grid_positions, token_positions
 
 __all__ = [
     "Attention",
@@ -12,6 +12,7 @@ __all__ = [
     "LayerScale",
     "Mlp",
     "RotaryPositionEmbedding2D",
+    "apply_rope",
     "patch_grid_positions",
     "token_positions",
 ]

@@ -5,7 +5,7 @@ Keys: norm1, attn.{qkv,q_norm,k_norm,proj}, ls1.gamma, norm2, mlp.{fc1,fc2}, ls2
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from .rope import RotaryPositionEmbedding2D
 
 
 class Block(nn.Module):
-    """x [B, N, C] (+ pos [B, N, 2] for RoPE) -> [B, N, C].
+    """x [B, N, C] (+ pos [B, N, 2] or precomputed rope_cos_sin tables for RoPE) -> [B, N, C].
 
     norm_eps: 1e-5 for the aggregator / camera trunk blocks (nn.LayerNorm default),
     1e-6 inside the DINOv2 patch embed. init_values None/0 -> no LayerScale.
@@ -44,6 +44,11 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), pos=pos))
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos: Optional[torch.Tensor] = None,
+        rope_cos_sin: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), pos=pos, rope_cos_sin=rope_cos_sin))
         return x + self.ls2(self.mlp(self.norm2(x)))
