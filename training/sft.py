@@ -113,7 +113,11 @@ def run_sft(cfg: dict, env: DistEnv | None = None) -> dict:
     model, assets_dir = build_model(cfg.get("model", {}))
     model.to(env.device)
     if scfg.get("gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+        if enable is not None:
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     groups, counts = setup_trainable(model, scfg)
     if env.is_main:
