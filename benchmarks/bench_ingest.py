@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ingest.py            # full run (~1 min)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ingest.py --quick    # tiny CPU run (~10 s)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ingest.py --selection-only   # query pick only (~5 s)
 
 Measured path = what the node's image callback does after rclpy hands it a message: decode the
 ``sensor_msgs/Image`` payload (``msg.data``, an ``array.array`` as rclpy delivers it, taken from a
@@ -15,7 +16,10 @@ queue is dropped. The rate ladder doubles until a step drops frames or the produ
 the rate; the result is the highest rate with one full drop-free step (up to 3 attempts per rate,
 since other processes on a shared machine stall single attempts; every attempt is kept in the JSON).
 Also: the geometry worker's per-frame cost for sensor depth (unproject + voxelise, in its thread)
-and the buffer.add cost while it listens. Writes benchmarks/results/ingest.json.
+and the buffer.add cost while it listens. Query-time space-aware pick (16 of 128 sensor frames):
+the worker's cached ``VoxelIndex`` (``select_space_aware``) vs the stateless
+``space_aware_sample`` on the same voxel sets, with a check that both pick the same frames.
+Writes benchmarks/results/ingest.json (``--selection-only`` updates just ``query_selection``).
 """
 from __future__ import annotations
 
@@ -173,6 +177,41 @@ def geometry_cost(hw, frames: int) -> dict:
             "buffer_add_with_worker_p50_ms": float(np.median(add_ms))}
 
 
+def selection_cost(frames: int = 128, k: int = 16, repeats: int = 30) -> dict:
+    """Query-time space-aware pick of ``k`` of ``frames`` sensor frames: indexed vs stateless."""
+    from ros2_spatial_mllm.bag import synthetic
+    from ros2_spatial_mllm.geometry_worker import GeometryWorker
+    from ros2_spatial_mllm.sampling import space_aware_sample
+    hw = (120, 160)                            # the worker subsamples depth to <= 64 px a side anyway
+    K = synthetic.intrinsics_for(hw[1], hw[0])
+    buffer = FrameBuffer(max_frames=frames + 1, max_bytes=4 << 30)
+    worker = GeometryWorker(buffer, use_model=False, queue_size=frames + 1)
+    for i, pose in enumerate(synthetic.orbit_poses(frames)):
+        rgb, depth = synthetic.render(synthetic.default_scene(), pose, K, hw)
+        buffer.add(Frame((i + 1) * 10**8, "camera", rgb, depth, K, pose))
+    worker.wait_idle(120)
+    worker.stop()
+    stamps = buffer.stamps()
+    voxel_sets, times = worker.voxels_for(stamps), [s * 1e-9 for s in stamps]
+
+    def timed(fn):
+        fn()                                   # first call: coarsening / id caches filled
+        out = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(out)), float(np.min(out))
+    indexed = worker.select_space_aware(stamps, k)
+    stateless = space_aware_sample(voxel_sets, k, timestamps=times)
+    index_med, index_min = timed(lambda: worker.select_space_aware(stamps, k))
+    state_med, state_min = timed(lambda: space_aware_sample(voxel_sets, k, timestamps=times))
+    return {"frames": len(stamps), "k": k, "union_voxels": indexed.num_voxels, "coverage": indexed.coverage,
+            "same_picks": indexed.indices == stateless.indices, "index_median_ms": index_med,
+            "index_min_ms": index_min, "stateless_median_ms": state_med, "stateless_min_ms": state_min,
+            "load_average": list(os.getloadavg())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="decode + FrameBuffer ingestion benchmark")
     parser.add_argument("--quick", action="store_true", help="few iterations and short rate steps")
@@ -181,7 +220,19 @@ def main() -> None:
     parser.add_argument("--max-rate", type=float, default=1920.0, help="highest rate tried in the ladder (Hz)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest.json",
                         help="where to write the JSON results")
+    parser.add_argument("--selection-only", action="store_true",
+                        help="only measure the query-time space-aware pick; update that entry of --out")
     args = parser.parse_args()
+    if args.selection_only:
+        r = selection_cost(repeats=10 if args.quick else 30)
+        print(f"space-aware pick {r['k']} of {r['frames']}: index {r['index_median_ms']:.2f} ms "
+              f"(min {r['index_min_ms']:.2f}), stateless {r['stateless_median_ms']:.2f} ms "
+              f"(min {r['stateless_min_ms']:.2f}), same picks {r['same_picks']}")
+        old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        old["query_selection"] = r
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(old, indent=1))
+        return
     iterations, duration = (40, 0.5) if args.quick else (args.iterations, args.duration)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "numpy": np.__version__, "opencv": cv2.__version__,
@@ -205,6 +256,9 @@ def main() -> None:
         results["geometry_worker"][name] = r = geometry_cost(hw, 10 if args.quick else 30)
         print(f"geometry {name:10s} worker {r['worker_mean_ms']:.2f} ms/frame (sensor depth, off the callback); "
               f"add with worker listening p50 {r['buffer_add_with_worker_p50_ms']:.4f} ms")
+    results["query_selection"] = r = selection_cost(repeats=10 if args.quick else 30)
+    print(f"space-aware pick {r['k']} of {r['frames']}: index {r['index_median_ms']:.2f} ms, "
+          f"stateless {r['stateless_median_ms']:.2f} ms, same picks {r['same_picks']}")
     rgb = results["per_frame"]["rgb8_1920x1080"]
     results["verdict"] = {
         "rgb8_1080p_ms_per_frame_ok": rgb["p50_ms"] <= 1.0,

@@ -167,19 +167,26 @@ def relative_to_first_camera(extrinsics: Array) -> Array:
 
 def depth_to_camera_points(depth: Array, intrinsics: Array) -> Array:
     """depth [S, H, W] or [S, H, W, 1], intrinsics [S, 3, 3] (zero skew) -> points [S, H, W, 3]
-    in each camera frame (OpenCV). array: numpy in -> float32 out; torch in -> torch out."""
+    in each camera frame (OpenCV). array: numpy in -> float32 out; torch in -> torch out.
+
+    numpy path: the per-column / per-row ray factors (u - cx) / fx, (v - cy) / fy are formed in
+    float64 (W + H values per frame), the per-pixel products in float32.
+    """
     if isinstance(depth, np.ndarray):
-        depth_np = np.asarray(depth, dtype=np.float64)
+        depth_np = np.asarray(depth, dtype=np.float32)
         if depth_np.ndim == 4:
             depth_np = depth_np[..., 0]
         k = np.asarray(intrinsics, dtype=np.float64)
-        _, height, width = depth_np.shape
+        frames, height, width = depth_np.shape
         u = np.arange(width, dtype=np.float64)[None, None, :]
         v = np.arange(height, dtype=np.float64)[None, :, None]
-        fx, fy = k[:, 0, 0, None, None], k[:, 1, 1, None, None]
-        cx, cy = k[:, 0, 2, None, None], k[:, 1, 2, None, None]
-        points = np.stack([(u - cx) / fx * depth_np, (v - cy) / fy * depth_np, depth_np], axis=-1)
-        return points.astype(np.float32)
+        ray_x = ((u - k[:, 0, 2, None, None]) / k[:, 0, 0, None, None]).astype(np.float32)  # [S, 1, W]
+        ray_y = ((v - k[:, 1, 2, None, None]) / k[:, 1, 1, None, None]).astype(np.float32)  # [S, H, 1]
+        points = np.empty((frames, height, width, 3), dtype=np.float32)
+        np.multiply(ray_x, depth_np, out=points[..., 0])
+        np.multiply(ray_y, depth_np, out=points[..., 1])
+        points[..., 2] = depth_np
+        return points
     if depth.dim() == 4:
         depth = depth[..., 0]
     _, height, width = depth.shape
@@ -198,11 +205,14 @@ def depth_to_world_points(depth: Array, extrinsics: Array, intrinsics: Array) ->
     x_world = R^T (x_cam - t), x_cam = depth * ((u - cx)/fx, (v - cy)/fy, 1).
     """
     cam = depth_to_camera_points(depth, intrinsics)
-    if isinstance(cam, np.ndarray):
+    if isinstance(cam, np.ndarray):  # float32 matmul: x_world^T = x_cam^T R - (R^T t)^T
         e = np.asarray(extrinsics, dtype=np.float64)
         rotation, translation = e[:, :3, :3], e[:, :3, 3]
-        world = np.einsum("sji,shwj->shwi", rotation, cam.astype(np.float64) - translation[:, None, None, :])
-        return world.astype(np.float32)
+        offset = np.einsum("sji,sj->si", rotation, translation).astype(np.float32)  # R^T t [S, 3]
+        frames, height, width, _ = cam.shape
+        world = np.matmul(cam.reshape(frames, height * width, 3), rotation.astype(np.float32))  # [S, H*W, 3]
+        world -= offset[:, None, :]
+        return world.reshape(frames, height, width, 3)
     e = extrinsics.to(cam.dtype)
     rotation, translation = e[:, :3, :3], e[:, :3, 3]
     return torch.einsum("sji,shwj->shwi", rotation, cam - translation[:, None, None, :])

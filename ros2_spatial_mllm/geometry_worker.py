@@ -4,7 +4,11 @@ The worker listens to a ``FrameBuffer``: every kept frame is queued (bounded; wh
 oldest pending frame is dropped and counted), and its voxel set (the sampling package's
 ``FrameVoxels``) is computed off the subscription callback and cached by frame stamp. Queries
 read the cache (``voxels_for``), so no geometry runs at query time. Entries leave with the
-buffer's evictions.
+buffer's evictions. ``FrameVoxels`` results are also added to a ``sampling.VoxelIndex`` keyed by
+frame stamp (per-frame voxel ids precomputed here, off the query path), so a query's
+space-aware pick (``select_space_aware``) costs about 1-2 ms for 16 of 128 frames instead of the
+~10 ms of the stateless ``space_aware_sample``; the picks are identical (same voxel sets, same
+times ``stamp_ns * 1e-9``, same greedy).
 
 Two geometry sources:
 * sensor: the frame has depth [h, w] metres + intrinsics + world_from_camera -> unproject a
@@ -36,6 +40,7 @@ import cv2
 import numpy as np
 
 from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+from ros2_spatial_mllm.sampling import FrameVoxels, SamplingResult, VoxelIndex
 
 __all__ = ["GeometryWorker", "GeometryEntry", "unproject_depth", "default_voxel_builder"]
 log = logging.getLogger(__name__)
@@ -59,7 +64,6 @@ def unproject_depth(depth: np.ndarray, intrinsics: np.ndarray, world_from_camera
 
 def default_voxel_builder(world_points: np.ndarray, confidence: np.ndarray | None, base_voxel: float = 0.02) -> Any:
     """The sampling package's per-frame voxel cache from points [h, w, 3] (+ conf [h, w] or None)."""
-    from ros2_spatial_mllm.sampling import FrameVoxels
     return FrameVoxels.from_points(world_points, confidence, base_voxel=base_voxel,
                                    conf_percentile=50.0 if confidence is not None else None)
 
@@ -113,11 +117,13 @@ class GeometryWorker:
         self._cv = threading.Condition()
         self._pending: collections.deque[tuple[Frame, float]] = collections.deque()  # (frame, queued at)
         self._cache: dict[int, GeometryEntry] = {}
+        self._index = VoxelIndex()   # stamp_ns -> FrameVoxels ids; guarded by self._cv like the cache
         self._reference: _Reference | None = None
         self._busy = False
         self._stop = False
         self._counts = {"queued": 0, "sensor": 0, "model": 0, "dropped_queue_full": 0,
-                        "dropped_evicted": 0, "skipped_no_source": 0, "errors": 0, "reanchored": 0}
+                        "dropped_evicted": 0, "skipped_no_source": 0, "errors": 0, "reanchored": 0,
+                        "index_selects": 0, "index_misses": 0, "index_rejected": 0}
         self._compute_ms = collections.deque(maxlen=64)
         buffer.add_listener(on_keep=self._on_keep, on_evict=self._on_evict)
         self._thread: threading.Thread | None = None
@@ -164,12 +170,35 @@ class GeometryWorker:
     def _on_evict(self, frame: Frame) -> None:
         with self._cv:
             self._cache.pop(frame.stamp_ns, None)
+            if frame.stamp_ns in self._index:
+                self._index.remove(frame.stamp_ns)
 
     # ------------------------------------------------------------------ reads
     def voxels_for(self, stamps: Sequence[int]) -> list[Any]:
         """Voxel set per stamp, None where not (yet) computed."""
         with self._cv:
             return [entry.voxels if (entry := self._cache.get(int(s))) else None for s in stamps]
+
+    def select_space_aware(self, stamps: Sequence[int], k: int) -> SamplingResult | None:
+        """Space-aware pick of ``min(k, len(stamps))`` of these frames from the voxel index.
+
+        Returns the ``SamplingResult`` of ``VoxelIndex.select`` (indices are positions in
+        ``stamps``, sorted by time), or None when some stamp is not indexed (geometry not computed
+        yet, evicted meanwhile, or a custom ``build_voxels`` that returns no ``FrameVoxels``):
+        the caller then uses the stateless ``space_aware_sample``.
+        """
+        keys = [int(s) for s in stamps]
+        with self._cv:
+            if not keys or not all(key in self._index for key in keys):
+                self._counts["index_misses"] += 1
+                return None
+            self._counts["index_selects"] += 1
+            return self._index.select(k, keys)
+
+    def indexed_stamps(self) -> list[int]:
+        """Stamps (ns) held by the voxel index, in time order."""
+        with self._cv:
+            return [int(key) for key in self._index.keys()]
 
     def entry(self, stamp_ns: int) -> GeometryEntry | None:
         with self._cv:
@@ -179,6 +208,7 @@ class GeometryWorker:
         with self._cv:
             times = list(self._compute_ms)
             return {**self._counts, "pending": len(self._pending), "cached": len(self._cache),
+                    "indexed": len(self._index),
                     "mean_compute_ms": float(np.mean(times)) if times else 0.0,
                     "reference_stamp_ns": self._reference.stamp_ns if self._reference else 0}
 
@@ -268,8 +298,22 @@ class GeometryWorker:
                 self._counts["dropped_evicted"] += 1
                 return
             self._cache[frame.stamp_ns] = entry
+            self._index_locked(frame.stamp_ns, entry.voxels)
             self._counts[entry.source] += 1
             self._compute_ms.append((time.perf_counter() - started) * 1e3)
+
+    def _index_locked(self, stamp_ns: int, voxels: Any) -> None:
+        """Add a frame's voxels to the index (time = stamp in seconds, as the stateless path)."""
+        if not isinstance(voxels, FrameVoxels):
+            self._counts["index_rejected"] += 1
+            return
+        try:
+            self._index.add(stamp_ns, voxels, stamp=stamp_ns * 1e-9)
+        except ValueError:   # base_voxel differs from the indexed frames': stateless path for it
+            log.warning("frame %d not indexed: base_voxel %g differs", stamp_ns, voxels.base_voxel)
+            self._counts["index_rejected"] += 1
+            if stamp_ns in self._index:
+                self._index.remove(stamp_ns)
 
     def _process_sensor(self, frame: Frame, depth: np.ndarray, intrinsics: np.ndarray, pose: np.ndarray) -> None:
         started = time.perf_counter()

@@ -32,22 +32,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .model.checkpoint import load_checkpoint, resolve_model_dir
 from .model.presets import TINY_ASSETS_DIR
 from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
+from .prompts import build_prompt
 
 __all__ = ["QueryResult", "SpatialMLLM", "parse_dtype"]
 
 LOG = logging.getLogger(__name__)
 TIMING_KEYS = ("preprocess", "spatial_encoder", "vision_encoder", "connector", "prefill", "decode", "total")
 VIDEO_PAD = "<|video_pad|>"
-
-try:
-    from .prompts import build_prompt
-except ImportError:  # pragma: no cover - fallback until prompts.py exists (engineer C)
-
-    def build_prompt(question: str, options: Optional[Sequence[str]] = None) -> str:
-        if options:
-            lines = [question, "Options:"] + [f"{chr(65 + i)}. {o}" for i, o in enumerate(options)]
-            return "\n".join(lines + ["Answer with the option's letter from the given choices directly."])
-        return f"{question}\nPlease answer the question using a single word or phrase."
 
 
 @dataclass

@@ -12,191 +12,49 @@ query past its deadline answers TIMEOUT (the model is asked to stop at its next 
 The model's own lock (``model_lock``) is shared with the geometry worker so that both never
 run the network concurrently.
 
-Error codes (``ErrorCode``, mirrored as uint8 constants in srv/AskSpatial.srv):
-    OK=0 answered; NO_FRAMES=1 buffer empty; EMPTY_WINDOW=2 no frame in the window;
-    BAD_REQUEST=3 invalid question/options/window/num_frames/sampling/limits; BUSY=4 queue full;
-    TIMEOUT=5 deadline passed; MODEL_NOT_READY=6 model not loaded; INTERNAL=7 unexpected error;
-    CANCELLED=8 cancelled by the client or by unload/shutdown.
-No rclpy here: the node converts ROS messages to ``QueryRequest`` and ``QueryResponse`` back.
+Request/response/config types, ``ErrorCode`` and ``validate_request`` live in ``query_types``
+and are re-exported here. No rclpy here: the node converts ROS messages to ``QueryRequest`` and ``QueryResponse`` back.
 """
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import logging
-import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ros2_spatial_mllm.buffer import Frame, FrameBuffer
-from ros2_spatial_mllm.parsing import ParsedAnswer, parse_answer
-from ros2_spatial_mllm.prompts import normalize_options
+from ros2_spatial_mllm.parsing import parse_answer
+from ros2_spatial_mllm.query_types import (  # re-exported: callers import them from here
+    LATENCY_KEYS, MODEL_TIMING_KEYS, SAMPLING_MODES, EngineConfig, ErrorCode, ModelState, QueryRequest,
+    QueryResponse, error_response, validate_request,
+)
 
-__all__ = ["ErrorCode", "ModelState", "SAMPLING_MODES", "LATENCY_KEYS", "QueryRequest",
+__all__ = ["ErrorCode", "ModelState", "SAMPLING_MODES", "LATENCY_KEYS", "MODEL_TIMING_KEYS", "QueryRequest",
            "QueryResponse", "EngineConfig", "QueryHandle", "QueryEngine", "select_frames",
-           "validate_request"]
+           "validate_request", "error_response"]
 log = logging.getLogger(__name__)
 
 
-class ErrorCode(enum.IntEnum):
-    """Outcome of a query; values are the uint8 constants of srv/AskSpatial.srv."""
-
-    OK = 0
-    NO_FRAMES = 1
-    EMPTY_WINDOW = 2
-    BAD_REQUEST = 3
-    BUSY = 4
-    TIMEOUT = 5
-    MODEL_NOT_READY = 6
-    INTERNAL = 7
-    CANCELLED = 8
-
-
-class ModelState(str, enum.Enum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    READY = "ready"
-    UNLOADING = "unloading"
-    ERROR = "error"
-
-
-SAMPLING_MODES = ("space_aware", "uniform", "latest")
-LATENCY_KEYS = ("queue_ms", "sampling_ms", "geometry_ms", "preprocess_ms", "spatial_encoder_ms",
-                "vision_encoder_ms", "connector_ms", "prefill_ms", "decode_ms", "total_ms")
-_MODEL_TIMING_KEYS = ("preprocess", "spatial_encoder", "vision_encoder", "connector", "prefill", "decode")
-
-
-@dataclass
-class QueryRequest:
-    """A question about buffered frames. Zero/empty fields mean "engine default"/"unbounded"."""
-
-    question: str
-    options: Sequence[str] = ()
-    t_start_ns: int = 0          # oldest stamp to consider; 0 = unbounded
-    t_end_ns: int = 0            # newest stamp to consider; 0 = unbounded
-    num_frames: int = 0          # frames given to the model; 0 = default
-    sampling: str = ""           # one of SAMPLING_MODES; "" = default
-    max_new_tokens: int = 0      # 0 = default
-    timeout_s: float = 0.0       # 0 = default
-
-
-@dataclass
-class QueryResponse:
-    """Outcome of one query. ``latency_ms`` has every key of LATENCY_KEYS (0 = stage not run)."""
-
-    code: ErrorCode
-    message: str = ""
-    answer: str = ""
-    parsed: ParsedAnswer | None = None
-    frame_stamps_ns: list[int] = field(default_factory=list)
-    coverage: float = 0.0
-    num_tokens: int = 0
-    sampling: str = ""
-    num_frames: int = 0
-    request_id: int = 0
-    latency_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LATENCY_KEYS, 0.0))
-
-    @property
-    def success(self) -> bool:
-        return self.code == ErrorCode.OK
-
-    @property
-    def answer_kind(self) -> str:
-        return self.parsed.kind if self.parsed else ""
-
-    @property
-    def value(self) -> float:
-        return float(self.parsed.value) if self.parsed and self.parsed.value is not None else math.nan
-
-    @property
-    def choice(self) -> str:
-        return (self.parsed.choice or "") if self.parsed else ""
-
-
-@dataclass
-class EngineConfig:
-    """Defaults and limits (the node maps its parameters onto these)."""
-
-    num_frames: int = 16
-    max_num_frames: int = 64
-    sampling: str = "space_aware"
-    max_new_tokens: int = 32
-    max_new_tokens_limit: int = 512
-    timeout_s: float = 30.0
-    max_timeout_s: float = 600.0
-    max_waiting: int = 4
-    max_question_chars: int = 2000
-    max_request_bytes: int = 10_000   # question + options, UTF-8
-    max_candidates: int = 128         # space-aware candidates (linspace over the window)
-
-
-def _error(code: ErrorCode, message: str, request_id: int = 0) -> QueryResponse:
-    return QueryResponse(code=code, message=message, request_id=request_id)
-
-
-def validate_request(request: QueryRequest, config: EngineConfig) -> QueryRequest | QueryResponse:
-    """Return a normalised copy of ``request`` (defaults filled, options de-lettered) or a
-    BAD_REQUEST ``QueryResponse`` naming the first problem found."""
-    def bad(msg: str) -> QueryResponse:
-        return _error(ErrorCode.BAD_REQUEST, msg)
-
-    if not isinstance(request, QueryRequest):
-        return bad(f"request must be a QueryRequest, got {type(request).__name__}")
-    question = request.question
-    if not isinstance(question, str):
-        return bad(f"question must be a string, got {type(question).__name__}")
-    question = question.strip()
-    if not question:
-        return bad("question is empty")
-    options = list(request.options or ())
-    size = len(question.encode("utf-8", "replace")) + sum(
-        len(o.encode("utf-8", "replace")) for o in options if isinstance(o, str))
-    if size > config.max_request_bytes:
-        return bad(f"request is too large ({size} bytes, limit {config.max_request_bytes})")
-    if len(question) > config.max_question_chars:
-        return bad(f"question is too long ({len(question)} characters, limit {config.max_question_chars})")
-    if "\x00" in question:
-        return bad("question contains a NUL character")
-    if options:
-        try:
-            options = normalize_options(options)
-        except ValueError as exc:
-            return bad(f"malformed options: {exc}")
-    t0, t1 = request.t_start_ns, request.t_end_ns
-    if not all(isinstance(t, (int, np.integer)) for t in (t0, t1)) or t0 < 0 or t1 < 0:
-        return bad(f"window stamps must be non-negative integers (ns), got {t0!r}, {t1!r}")
-    if t0 and t1 and t0 > t1:
-        return bad(f"window start {t0} ns is after window end {t1} ns")
-    num_frames = request.num_frames or config.num_frames
-    if not isinstance(num_frames, (int, np.integer)) or not 1 <= num_frames <= config.max_num_frames:
-        return bad(f"num_frames must be 0 (default) or 1..{config.max_num_frames}, got {request.num_frames!r}")
-    sampling = (request.sampling or config.sampling).strip().lower().replace("-", "_")
-    if sampling not in SAMPLING_MODES:
-        return bad(f"unknown sampling {request.sampling!r}; one of {', '.join(SAMPLING_MODES)}")
-    max_new_tokens = request.max_new_tokens or config.max_new_tokens
-    if not isinstance(max_new_tokens, (int, np.integer)) or not 1 <= max_new_tokens <= config.max_new_tokens_limit:
-        return bad(f"max_new_tokens must be 0 (default) or 1..{config.max_new_tokens_limit}, "
-                   f"got {request.max_new_tokens!r}")
-    timeout_s = request.timeout_s or config.timeout_s
-    if not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= config.max_timeout_s:
-        return bad(f"timeout_s must be 0 (default) or in (0, {config.max_timeout_s}], got {request.timeout_s!r}")
-    return QueryRequest(question, tuple(options), int(t0), int(t1), int(num_frames), sampling,
-                        int(max_new_tokens), float(timeout_s))
+_error = error_response                # old private names, kept for callers of the previous layout
+_MODEL_TIMING_KEYS = MODEL_TIMING_KEYS
 
 
 def select_frames(frames: Sequence[Frame], k: int, mode: str, voxel_sets: Sequence[Any] | None = None,
-                  max_candidates: int = 128) -> tuple[list[int], float, str]:
+                  max_candidates: int = 128,
+                  index_select: Callable[[list[int], int], Any] | None = None) -> tuple[list[int], float, str]:
     """Choose up to ``k`` of ``frames`` (time-sorted): (indices ascending, coverage, mode used).
 
     space_aware needs one voxel set per frame (None where geometry is missing): candidates are
     up to ``max_candidates`` frames by linspace, restricted to those with geometry; when fewer
     than ``k`` candidates have geometry it falls back to uniform ("uniform_fallback").
+    ``index_select(candidate stamps_ns, k)`` (``GeometryWorker.select_space_aware``: a cached
+    ``VoxelIndex``) is tried first; when it returns None the stateless ``space_aware_sample``
+    runs on ``voxel_sets`` (same picks, slower).
     Coverage for uniform/latest is the fraction of frames used (1.0 when all are used).
     """
     n = len(frames)
@@ -207,9 +65,11 @@ def select_frames(frames: Sequence[Frame], k: int, mode: str, voxel_sets: Sequen
         cand = np.unique(np.linspace(0, n - 1, min(n, max_candidates)).round().astype(int)).tolist()
         cand = [i for i in cand if voxel_sets[i] is not None]
         if len(cand) >= k:
-            from ros2_spatial_mllm.sampling import space_aware_sample
-            result = space_aware_sample([voxel_sets[i] for i in cand], k,
-                                        timestamps=[frames[i].stamp_ns * 1e-9 for i in cand])
+            result = index_select([frames[i].stamp_ns for i in cand], k) if index_select else None
+            if result is None:
+                from ros2_spatial_mllm.sampling import space_aware_sample
+                result = space_aware_sample([voxel_sets[i] for i in cand], k,
+                                            timestamps=[frames[i].stamp_ns * 1e-9 for i in cand])
             chosen = sorted(cand[int(i)] for i in result.indices)
             coverage = float(result.coverage) if result.coverage is not None else len(chosen) / n
             return chosen, coverage, "space_aware"
@@ -474,7 +334,8 @@ class QueryEngine:
         if request.sampling == "space_aware" and self.geometry is not None:
             voxel_sets = self.geometry.voxels_for([f.stamp_ns for f in frames])
         chosen, coverage, used = select_frames(frames, request.num_frames, request.sampling, voxel_sets,
-                                               self.config.max_candidates)
+                                               self.config.max_candidates,
+                                               getattr(self.geometry, "select_space_aware", None))
         picked = [frames[i] for i in chosen]
         latency["sampling_ms"] = (time.monotonic() - t_start) * 1e3
         model = self.model
@@ -502,7 +363,7 @@ class QueryEngine:
             return _error(ErrorCode.TIMEOUT, f"query exceeded its timeout of {request.timeout_s:g} s")
         handle._stage("parsing")
         timings = getattr(result, "timings_ms", {}) or {}
-        for key in _MODEL_TIMING_KEYS:
+        for key in MODEL_TIMING_KEYS:
             latency[f"{key}_ms"] = float(timings.get(key, 0.0))
         parsed = parse_answer(result.text, list(request.options) or None)
         note = "" if used == request.sampling else f"sampling fell back to {used}: geometry not ready"

@@ -51,8 +51,15 @@ def ensure_data(cfg: dict) -> Path:
     from training.data.generate import GenerateConfig
     from training.data.splits import SPLITS, scene_jobs
 
+    import os
+    import time
+
     data = cfg.get("data", {})
     root = Path(data["root"])
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 renders; the others wait
+        while not (root / "summary.json").is_file():
+            time.sleep(5)
+        return root
     if (root / "train.jsonl").is_file() and (root / "summary.json").is_file():
         return root
     gen = dict(data.get("generate", {}))
@@ -217,6 +224,8 @@ def run_default(cfg: dict) -> dict:
             run_grpo(_stage_cfg(cfg, "grpo", out, init))
         init = str(out / "grpo" / "final")
     result = {"final_dir": init}
+    if int(__import__("os").environ.get("RANK", "0")) > 0:
+        return result  # export and evaluation run once, on rank 0
     ex = cfg.get("export", {})
     if ex.get("dir"):
         result["export"] = export_model(Path(init), Path(ex["dir"]), float(ex.get("max_mb", 30)))

@@ -115,7 +115,7 @@ def run_sft(cfg: dict, env: DistEnv | None = None) -> dict:
     if scfg.get("gradient_checkpointing", False):
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
         if enable is not None:
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

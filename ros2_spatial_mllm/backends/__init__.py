@@ -10,6 +10,8 @@ engine_cache_dir, engine_precision (fp32|fp16|bf16|int8|fp8), allow_engine_build
 
     backend = get_backend("onnxruntime", model, onnx_dir="engines_out/tiny")
     attach_backend(model, backend)   # model.generate / forward now fuse video via the backend
+    configure_backend(spatial_mllm, "tensorrt", onnx_dir=..., allow_engine_build=False)
+                                     # the same for a SpatialMLLM, + frees the torch encoders
 The LLM (prefill + KV-cache decode) is in ros2_spatial_mllm.backends.llm.
 """
 from __future__ import annotations
@@ -108,5 +110,18 @@ def attach_backend(model: Any, backend: EncoderBackend) -> Any:
     return model
 
 
-__all__ = ["BACKEND_NAMES", "EncoderBackend", "TorchBackend", "attach_backend", "get_backend",
-           "release_torch_encoders"]
+def configure_backend(engine: Any, name: str = "torch", release_torch: bool = True,
+                      **options: Any) -> EncoderBackend:
+    """One call for the node / CLI after SpatialMLLM.load(): build backend `name` for
+    engine.model, route the model's visual stages through it and (for onnxruntime/tensorrt,
+    release_torch=True) free the PyTorch encoder weights. Returns the backend."""
+    backend = get_backend(name, engine.model, **options)
+    if not isinstance(backend, TorchBackend):
+        attach_backend(engine.model, backend)
+        if release_torch:
+            release_torch_encoders(engine.model, backend)
+    return backend
+
+
+__all__ = ["BACKEND_NAMES", "EncoderBackend", "TorchBackend", "attach_backend",
+           "configure_backend", "get_backend", "release_torch_encoders"]

@@ -99,6 +99,47 @@ def test_depth_to_world_points_hand_computed_pinhole():
     np.testing.assert_allclose(pts_t.numpy(), pts, atol=1e-6)
 
 
+def reference_world_points_float64(depth, extrinsics, intrinsics):
+    """Straightforward float64 unprojection: x_world = R^T (depth * K^-1 [u, v, 1] - t)."""
+    frames, height, width = depth.shape
+    vv, uu = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    pixels = np.stack([uu, vv, np.ones_like(uu)], -1).astype(np.float64)  # [H, W, 3]
+    rays = np.einsum("sij,hwj->shwi", np.linalg.inv(intrinsics), pixels)  # [S, H, W, 3]
+    cam = rays * depth[..., None]
+    rotation, translation = extrinsics[:, :3, :3], extrinsics[:, :3, 3]
+    world = np.einsum("sji,shwj->shwi", rotation, cam - translation[:, None, None, :])
+    return cam, world
+
+
+@pytest.mark.parametrize("depth_dtype", [np.float32, np.float64, np.uint16])
+def test_numpy_unprojection_matches_float64_reference(depth_dtype):
+    """The float32 numpy path agrees with a float64 reference to float32 precision, keeps NaN
+    depth as NaN points, accepts [S, H, W, 1], and agrees with the torch path."""
+    rng = np.random.default_rng(4)
+    frames, height, width = 3, 48, 64
+    rot = g.quaternion_to_matrix(random_rotations(frames, seed=5)).numpy()
+    extrinsics = np.concatenate([rot, rng.normal(scale=5.0, size=(frames, 3, 1))], axis=2)
+    intrinsics = np.stack([[[fx, 0, 31.5 + fx / 50], [0, fx * 1.1, 23.5], [0, 0, 1]] for fx in (40.0, 55.0, 70.0)])
+    depth = rng.uniform(0.2, 10.0, size=(frames, height, width))
+    if depth_dtype == np.uint16:
+        depth = (depth * 1000).astype(np.uint16)  # millimetres, as a sensor publishes
+    else:
+        depth = depth.astype(depth_dtype)
+        depth[1, 5, 7] = np.nan
+    cam_ref, world_ref = reference_world_points_float64(depth.astype(np.float64), extrinsics, intrinsics)
+    scale = 1e4 if depth_dtype == np.uint16 else 1.0
+    cam = g.depth_to_camera_points(depth, intrinsics)
+    world = g.depth_to_world_points(depth[..., None], extrinsics, intrinsics)
+    assert cam.dtype == world.dtype == np.float32 and world.shape == (frames, height, width, 3)
+    np.testing.assert_allclose(cam, cam_ref, rtol=1e-6, atol=2e-6 * scale)
+    np.testing.assert_allclose(world, world_ref, rtol=1e-6, atol=5e-6 * scale)  # |x| up to ~15 (x1000 for mm)
+    assert np.isnan(world[1, 5, 7]).all() == (depth_dtype != np.uint16)
+    world_torch = g.depth_to_world_points(
+        torch.from_numpy(depth.astype(np.float64)), torch.from_numpy(extrinsics), torch.from_numpy(intrinsics)
+    )
+    np.testing.assert_allclose(world, world_torch.numpy(), rtol=1e-6, atol=5e-6 * scale)
+
+
 def test_projection_inverts_unprojection():
     rot = g.quaternion_to_matrix(random_rotations(3, seed=2)).numpy()
     extrinsics = np.concatenate([rot, np.random.default_rng(0).normal(size=(3, 3, 1))], axis=2)

@@ -160,3 +160,76 @@ def test_sensor_data_arriving_after_the_image_is_picked_up_by_lookup(rendered):
     assert worker.voxels_for([0, S, 2 * S, 3 * S])[3] is None
     assert all(f.depth is None for f in buf.window())   # frames in the buffer are not modified
     np.testing.assert_allclose(worker.entry(2 * S).world_from_camera, rendered[2][0], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def orbit128():
+    """128 sensor frames (rgb, depth, pose) around the synthetic room: the space-aware case 16 of 128."""
+    return [(pose, *synthetic.render(SCENE, pose, K, HW)) for pose in synthetic.orbit_poses(128)]
+
+
+def test_voxel_index_picks_equal_the_stateless_sampler_on_the_same_frames(orbit128):
+    from ros2_spatial_mllm.query_engine import select_frames
+    buf = FrameBuffer(max_frames=200)
+    worker = GeometryWorker(buf, use_model=False, queue_size=200)
+    frames = [sensor_frame(i + 1, item) for i, item in enumerate(orbit128)]
+    for frame in frames:
+        buf.add(frame)
+    assert worker.wait_idle(30)
+    worker.stop()
+    stamps = buf.stamps()
+    assert len(stamps) == 128 and worker.indexed_stamps() == stamps
+    cases = [(stamps, 16), (stamps, 4), (stamps[10:70], 8), (stamps[::3], 16), (stamps[5:9], 16)]
+    for keys, k in cases:
+        fast = worker.select_space_aware(keys, k)
+        slow = space_aware_sample(worker.voxels_for(keys), k, timestamps=[s * 1e-9 for s in keys])
+        assert fast is not None
+        assert fast.indices == slow.indices and fast.pick_order == slow.pick_order, (len(keys), k)
+        assert fast.gains == slow.gains and fast.coverage == pytest.approx(slow.coverage, abs=0)
+        assert fast.voxel_size == pytest.approx(slow.voxel_size)
+    assert worker.stats()["index_selects"] == len(cases)
+    # through the engine's selection: the index path and the stateless path agree
+    voxel_sets = worker.voxels_for(stamps)
+    with_index = select_frames(frames, 16, "space_aware", voxel_sets, 128, worker.select_space_aware)
+    stateless = select_frames(frames, 16, "space_aware", voxel_sets, 128)
+    assert with_index == stateless and with_index[2] == "space_aware" and len(with_index[0]) == 16
+    assert worker.stats()["index_selects"] == len(cases) + 1
+
+
+def test_voxel_index_follows_buffer_eviction_and_clear(rendered):
+    buf = FrameBuffer(max_frames=5)
+    worker = GeometryWorker(buf, use_model=False)
+    for i, item in enumerate(rendered):
+        buf.add(sensor_frame(i, item))
+    assert worker.wait_idle(10)
+    assert worker.indexed_stamps() == buf.stamps() == [i * S for i in range(3, 8)]
+    assert worker.stats()["indexed"] == 5
+    assert worker.select_space_aware([2 * S, 3 * S], 1) is None     # 2 s was evicted
+    assert worker.stats()["index_misses"] == 1
+    result = worker.select_space_aware(buf.stamps(), 2)
+    assert len(result.indices) == 2 and 0 < result.coverage <= 1
+    buf.clear()
+    assert worker.indexed_stamps() == [] and worker.stats()["indexed"] == 0
+    assert worker.select_space_aware([5 * S], 1) is None
+    buf.add(sensor_frame(20, rendered[0]))                           # indexing resumes after a clear
+    assert worker.wait_idle(10)
+    worker.stop()
+    assert worker.indexed_stamps() == [20 * S]
+
+
+def test_non_framevoxels_sets_are_not_indexed_and_selection_falls_back(rendered):
+    from ros2_spatial_mllm.query_engine import select_frames
+    buf = FrameBuffer(max_frames=10)
+    worker = GeometryWorker(buf, use_model=False,
+                            build_voxels=lambda pts, conf: np.unique(np.floor(pts[np.isfinite(pts).all(-1)] / 0.5)
+                                                                     .astype(np.int64) @ [1, 1000, 10**6]))
+    frames = [sensor_frame(i, item) for i, item in enumerate(rendered)]
+    for frame in frames:
+        buf.add(frame)
+    assert worker.wait_idle(10)
+    worker.stop()
+    assert worker.stats()["index_rejected"] == 8 and worker.indexed_stamps() == []
+    voxel_sets = worker.voxels_for(buf.stamps())
+    chosen, coverage, used = select_frames(frames, 3, "space_aware", voxel_sets, 128, worker.select_space_aware)
+    expected = space_aware_sample(voxel_sets, 3, timestamps=[f.stamp_ns * 1e-9 for f in frames])
+    assert used == "space_aware" and chosen == expected.indices and coverage == expected.coverage

@@ -58,6 +58,16 @@ def test_greedy_answer_is_deterministic_and_options_change_the_prompt(mllm):
     assert inputs_mc["input_ids"].shape[1] > inputs_num["input_ids"].shape[1]
 
 
+def test_answer_builds_prompts_with_the_shared_prompt_module(mllm):
+    """inference uses ros2_spatial_mllm.prompts.build_prompt (no local copy): its option
+    validation applies to answer()."""
+    from ros2_spatial_mllm import inference, prompts
+
+    assert inference.build_prompt is prompts.build_prompt
+    with pytest.raises(ValueError):
+        mllm.answer(_frames(), "Which one?", options=["only one"], max_new_tokens=1)  # 2-26 options
+
+
 def test_should_stop_cancels_between_tokens(mllm):
     mllm.eos_ids, saved = [], mllm.eos_ids
     pieces = []

@@ -233,3 +233,26 @@ def test_shipped_bag_questions_answer_over_the_core_pipeline(model):
         assert set(out.frame_stamps_ns) <= set(answers["stamps_ns"])
     worker.stop()
     eng.shutdown(close_model=False)
+
+
+def test_types_live_in_query_types_and_stay_importable_from_query_engine():
+    from ros2_spatial_mllm import query_engine, query_types
+    for name in query_types.__all__:
+        assert getattr(query_engine, name) is getattr(query_types, name), name
+        assert name in query_engine.__all__, name
+    out = query_types.error_response(query_types.ErrorCode.BUSY, "full", request_id=3)
+    assert (out.code, out.message, out.request_id, out.success) == (ErrorCode.BUSY, "full", 3, False)
+    assert set(out.latency_ms) == set(LATENCY_KEYS) and not any(out.latency_ms.values())
+
+
+def test_space_aware_query_picks_through_the_worker_voxel_index(engine, scene_frames):
+    worker = engine.geometry
+    assert worker.indexed_stamps() == [f.stamp_ns for f in scene_frames]
+    before = worker.stats()["index_selects"]
+    out = engine.ask(QueryRequest("How many boxes?", num_frames=5, max_new_tokens=1))
+    assert out.code == ErrorCode.OK and out.sampling == "space_aware"
+    assert worker.stats()["index_selects"] == before + 1
+    chosen, coverage, used = select_frames(scene_frames, 5, "space_aware",
+                                           worker.voxels_for([f.stamp_ns for f in scene_frames]))
+    assert out.frame_stamps_ns == [scene_frames[i].stamp_ns for i in chosen]     # = the stateless pick
+    assert out.coverage == coverage and used == "space_aware"

@@ -10,6 +10,7 @@ from ros2_spatial_mllm.geometry import pose_encoding_to_extrinsics_intrinsics
 from ros2_spatial_mllm.model.vggt import VGGT, LoadReport, VGGTConfig, load_vggt_state_dict, scaled_dpt_layers
 from ros2_spatial_mllm.model.vggt.aggregator import first_and_other_frames
 from ros2_spatial_mllm.model.vggt.heads import DPTHead
+from ros2_spatial_mllm.model.vggt.layers.rope import token_positions
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
@@ -93,6 +94,32 @@ def test_output_layers_select_and_match_full_run(tiny):
     assert torch.allclose(picked[0], full[2], atol=1e-6) and torch.allclose(picked[1], full[0], atol=1e-6)
     with pytest.raises(ValueError):
         tiny.aggregator(images, output_layers=[tiny.config.depth])
+
+
+def test_aggregator_shared_rope_tables_match_per_block_positions(tiny):
+    """The aggregator evaluates RoPE cos/sin once per forward; running every block with explicit
+    per-token positions (cos/sin recomputed in each block) gives bitwise the same layers."""
+    agg = tiny.aggregator
+    images = torch.rand(2, 3, 3, 112, 140)  # B=2, S=3, 8x10 patch grid
+    batch, frames = 2, 3
+    with torch.no_grad():
+        got, _ = agg(images)
+        x = (images - agg._image_mean) / agg._image_std
+        patches = agg.patch_embed(x.reshape(batch * frames, 3, 112, 140))
+        camera = first_and_other_frames(agg.camera_token, batch, frames)
+        registers = first_and_other_frames(agg.register_token, batch, frames)
+        tokens = torch.cat([camera, registers, patches], dim=1)  # [B*S, P, C]
+        num_tokens, channels = tokens.shape[1:]
+        pos = token_positions(batch * frames, 8, 10, agg.patch_start_idx)  # [B*S, P, 2]
+        for layer in range(tiny.config.depth):
+            tokens = agg.frame_blocks[layer](tokens, pos=pos)
+            frame_out = tokens.reshape(batch, frames, num_tokens, channels)
+            tokens = agg.global_blocks[layer](
+                tokens.reshape(batch, frames * num_tokens, channels), pos=pos.reshape(batch, -1, 2)
+            )
+            global_out = tokens.reshape(batch, frames, num_tokens, channels)
+            tokens = tokens.reshape(batch * frames, num_tokens, channels)
+            assert torch.equal(got[layer], torch.cat([frame_out, global_out], dim=-1)), layer
 
 
 def test_frame_attention_is_per_frame_and_global_mixes_frames(tiny):

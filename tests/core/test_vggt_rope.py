@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from ros2_spatial_mllm.model.vggt.layers.attention import Attention
 from ros2_spatial_mllm.model.vggt.layers.rope import (
     RotaryPositionEmbedding2D,
+    apply_rope,
     patch_grid_positions,
     token_positions,
 )
@@ -65,14 +67,50 @@ def test_rope_scores_depend_on_relative_position_only():
     assert not torch.allclose(score([3, 5], [1, 2]), score([3, 5], [2, 2]), atol=1e-3)
 
 
-class GridRope(torch.nn.Module):
-    """Positions built from the input's shape + RoPE: what the aggregator traces."""
+def test_precomputed_tables_match_per_call_rope_bitwise():
+    """cos/sin evaluated once (per batch row or once for the grid, broadcast) rotate exactly like
+    rope(tokens, positions), in float32 and bfloat16."""
+    torch.manual_seed(2)
+    rope = RotaryPositionEmbedding2D(100.0)
+    pos = token_positions(3, 4, 5, 5)  # [3, 25, 2]
+    cos, signed_sin = rope.cos_sin(pos, 16)
+    grid_cos, grid_sin = rope.grid_cos_sin(4, 5, 5, 16)
+    assert cos.shape == (3, 1, 25, 16) and grid_cos.shape == (1, 1, 25, 16) and grid_cos.dtype == torch.float32
+    assert torch.equal(grid_cos.expand_as(cos), cos) and torch.equal(grid_sin.expand_as(signed_sin), signed_sin)
+    for dtype in (torch.float32, torch.bfloat16):
+        tokens = torch.randn(3, 2, 25, 16).to(dtype)
+        expected = rope(tokens, pos)
+        assert expected.dtype == dtype
+        assert torch.equal(apply_rope(tokens, cos, signed_sin), expected)
+        assert torch.equal(apply_rope(tokens, grid_cos, grid_sin), expected)
+    tokens = torch.randn(3, 2, 25, 16)
+    assert torch.allclose(apply_rope(tokens, grid_cos, grid_sin), reference_rope(tokens, pos), atol=1e-5)
 
-    def __init__(self):
+
+def test_attention_with_tables_equals_attention_with_positions():
+    torch.manual_seed(3)
+    attn = Attention(32, num_heads=2, qk_norm=True, rope=RotaryPositionEmbedding2D(100.0)).eval()
+    x, pos = torch.randn(2, 5 + 6, 32), token_positions(2, 2, 3, 5)
+    tables = attn.rope.grid_cos_sin(2, 3, 5, 16)
+    with torch.no_grad():
+        by_pos, by_tables = attn(x, pos=pos), attn(x, rope_cos_sin=tables)
+        assert torch.equal(by_pos, by_tables)
+        assert not torch.allclose(by_pos, attn(x), atol=1e-4)  # RoPE really is applied
+
+
+class GridRope(torch.nn.Module):
+    """Positions / tables built from the input's shape + RoPE: what the aggregator traces.
+    mode "positions": rope(tokens, positions); mode "tables": grid_cos_sin + apply_rope."""
+
+    def __init__(self, mode="positions"):
         super().__init__()
         self.rope = RotaryPositionEmbedding2D(100.0)
+        self.mode = mode
 
     def forward(self, tokens, grid):  # tokens [B, heads, 5 + h*w, d], grid [h, w] (only its shape is used)
+        if self.mode == "tables":
+            tables = self.rope.grid_cos_sin(grid.shape[0], grid.shape[1], 5, tokens.shape[-1], tokens.device)
+            return apply_rope(tokens, *tables)
         pos = token_positions(tokens.shape[0], grid.shape[0], grid.shape[1], 5, device=tokens.device)
         return self.rope(tokens, pos)
 
@@ -86,9 +124,10 @@ def _run_ort(path, tokens, grid):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
-def test_rope_exports_with_dynamic_grid_torchscript(tmp_path):
+@pytest.mark.parametrize("mode", ["positions", "tables"])
+def test_rope_exports_with_dynamic_grid_torchscript(tmp_path, mode):
     """Export at a 3x4 grid, run at 5x2: nothing about the grid may be baked in."""
-    module = GridRope().eval()
+    module = GridRope(mode).eval()
     tokens, grid = torch.randn(2, 2, 5 + 12, 8), torch.zeros(3, 4)
     path = tmp_path / "rope.onnx"
     torch.onnx.export(
@@ -100,9 +139,10 @@ def test_rope_exports_with_dynamic_grid_torchscript(tmp_path):
 
 
 @pytest.mark.skipif(not (HAS_ORT and HAS_ONNXSCRIPT), reason="onnx/onnxruntime/onnxscript not installed")
-def test_rope_exports_with_dynamic_grid_dynamo(tmp_path):
+@pytest.mark.parametrize("mode", ["positions", "tables"])
+def test_rope_exports_with_dynamic_grid_dynamo(tmp_path, mode):
     """torch.export refuses data-dependent Python ints (e.g. int(positions.max())) on symbolic shapes."""
-    module = GridRope().eval()
+    module = GridRope(mode).eval()
     tokens, grid = torch.randn(2, 2, 5 + 12, 8), torch.zeros(3, 4)
     auto = torch.export.Dim.AUTO
     path = tmp_path / "rope_dynamo.onnx"

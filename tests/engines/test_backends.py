@@ -90,3 +90,16 @@ def test_attached_onnx_backend_answers_like_torch(tiny_onnx_dir):
         np.testing.assert_allclose(geometry[key], expected_geometry[key], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="needs the PyTorch encoders"):
         release_torch_encoders(reference.model, get_backend("torch", reference.model))
+
+
+def test_configure_backend_on_spatial_mllm(tiny_onnx_dir):
+    from ros2_spatial_mllm.backends import configure_backend
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    engine = SpatialMLLM.load()
+    assert configure_backend(engine, "torch").name == "torch"
+    assert not engine.model.model.visual.patch_embed.proj.weight.is_meta
+    backend = configure_backend(engine, "onnxruntime", onnx_dir=tiny_onnx_dir)
+    assert backend.name == "onnxruntime" and engine.model.encoder_backend is backend
+    assert engine.model.connector.mlp[0].weight.is_meta
+    frames = [np.full((64, 64, 3), 128, np.uint8)] * 2
+    assert engine.answer(frames, "Is it bright?", max_new_tokens=2).num_tokens <= 2

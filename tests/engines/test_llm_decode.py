@@ -67,6 +67,16 @@ def test_greedy_matches_transformers_generate_and_streams(tiny_model, prompt):
     assert out.prefill_ms > 0 and out.decode_ms > 0 and out.decode_tokens_per_s > 0
 
 
+def test_static_cache_generate_equals_dynamic(tiny_model, prompt):
+    args = (prompt["ids"], prompt["fused"], prompt["grid"])
+    settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=3.0, seed=11)
+    dynamic = LLMDecoder(tiny_model).generate(*args, settings).token_ids
+    static = LLMDecoder(tiny_model, static_cache=True, max_cache_len=256).generate(*args, settings)
+    assert static.token_ids == dynamic
+    with pytest.raises(ValueError, match="exceed the static cache"):
+        LLMDecoder(tiny_model, static_cache=True, max_cache_len=32).generate(*args, settings)
+
+
 def test_eos_and_cancel(tiny_model, prompt):
     decoder = LLMDecoder(tiny_model)
     first = decoder.generate(prompt["ids"], prompt["fused"], prompt["grid"],

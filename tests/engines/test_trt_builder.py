@@ -1,4 +1,5 @@
 """TensorRT builder/runtime: pure-Python parts on CPU; real builds skipped without TensorRT+CUDA."""
+import copy
 import importlib.util
 
 import numpy as np
@@ -121,3 +122,25 @@ def test_build_and_run_matches_torch(tmp_path):
     assert out.shape == (1, 12, 4) and out.is_cuda
     torch.testing.assert_close(out.cpu(), net(x.cpu()), atol=1e-4, rtol=1e-4)
     assert (tmp_path / "timing.cache").stat().st_size > 0
+
+
+@needs_trt
+@pytest.mark.gpu
+def test_tensorrt_backend_matches_torch_on_tiny_export(tiny_model, tiny_onnx_dir, tmp_path):
+    """fp32 engines of the tiny export vs the PyTorch backend (float32 thresholds of
+    test_export_parity, loosened 10x for TensorRT's TF32 tactics); cache policy end to end."""
+    from engines.engine_cache import EngineMissingError
+    from ros2_spatial_mllm.backends import get_backend
+    model = copy.deepcopy(tiny_model).cuda()  # the exported weights (CUDA init would differ)
+    with pytest.raises(EngineMissingError):
+        get_backend("tensorrt", model, onnx_dir=tiny_onnx_dir, engine_cache_dir=str(tmp_path),
+                    engine_precision="fp32")
+    trt_backend = get_backend("tensorrt", model, onnx_dir=tiny_onnx_dir,
+                              engine_cache_dir=str(tmp_path), engine_precision="fp32",
+                              allow_engine_build=True)
+    frames = torch.rand(1, 6, 3, 168, 224, device="cuda")
+    ref = get_backend("torch", model).fuse_video(frames)
+    torch.testing.assert_close(trt_backend.fuse_video(frames), ref, atol=1e-3, rtol=1e-3)
+    # second start: engines come from the cache (allow_build False is enough)
+    get_backend("tensorrt", model, onnx_dir=tiny_onnx_dir, engine_cache_dir=str(tmp_path),
+                engine_precision="fp32")

@@ -74,7 +74,7 @@ def spin_until(node, future, timeout: float):
     return future.result()
 
 
-def call_service(node, srv_type, name: str, request, timeout: float = 60.0, wait: float = 30.0):
+def call_service(node, srv_type, name: str, request, timeout: float = 60.0, wait: float = 60.0):
     client = node.create_client(srv_type, name)
     try:
         assert client.wait_for_service(timeout_sec=wait), f"service {name} not available"

@@ -21,7 +21,10 @@ def test_params_files_read_back(client_node, node_factory):
     for path, proc in nodes.items():
         expected = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
         expected["autostart"] = False  # the command line overrides the file
-        got = get_parameters(client_node, proc.fqn, names)
+        try:
+            got = get_parameters(client_node, proc.fqn, names)
+        except AssertionError as exc:
+            raise AssertionError(f"{path.name}: {exc}; node alive={proc.alive()}\n{proc.log()}") from exc
         assert got == expected, f"{path.name}: {set(got.items()) ^ set(expected.items())}"
         assert lifecycle_state(client_node, proc.fqn) == "unconfigured"
     # one of them configures for real from its file (no model load: activate not requested)

@@ -118,7 +118,7 @@ def test_package_xml_declares_dependencies():
     cmake = (ROOT / "CMakeLists.txt").read_text()
     for interface in ("msg/Latency.msg", "msg/SpatialAnswer.msg", "srv/AskSpatial.srv", "action/AskSpatial.action"):
         assert f'"{interface}"' in cmake and (ROOT / interface).is_file()
-    assert "ament_python_install_package(${PROJECT_NAME})" in cmake
+    assert 'DESTINATION "${PYTHON_INSTALL_DIR}/${PROJECT_NAME}"' in cmake
 
 
 def test_error_codes_single_definition_matches_engine():

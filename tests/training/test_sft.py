@@ -111,3 +111,34 @@ def test_resume_is_bit_exact(setup):
     # the CSV continues rather than restarting
     assert [r.split(",")[0] for r in (part / "metrics.csv").read_text().splitlines()[1:]] == [str(float(i)) for i in range(1, 7)]
     shutil.rmtree(full), shutil.rmtree(part)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(setup):
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, assets = build_model({"init": "random", "assets_dir": setup["assets"]})
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enc = ExampleEncoder(model, assets, {"root": setup["data"], "num_frames": 4})
+        batch = collate([enc.encode_sft(r) for r in load_qa_records({"root": setup["data"]})[:2]], enc.pad_id)
+        setup_trainable(model, {"train": {"vision": True}})
+        model.train()
+        sft_forward(model, batch, torch.device("cpu"))[0].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_space_aware_frames_from_sensor_depth(tmp_path):
+    from training.data.generate import GenerateConfig, generate_dataset
+    from training.model_io import choose_frames
+
+    data = tmp_path / "engine"
+    generate_dataset(data, GenerateConfig(num_scenes=1, questions_per_scene=6, num_frames=12, width=112, height=84,
+                                          save_depth=True, split_fractions=(1.0, 0.0, 0.0)), workers=1, progress=False)
+    rec = next(r for r in load_qa_records({"root": str(data)}) if r["family"] == "vsibench")
+    chosen = choose_frames(12, 4, "space_aware", rec, {"root": str(data)})
+    assert len(chosen) == 4 and chosen == sorted(chosen) and len(set(chosen)) == 4
+    assert chosen == choose_frames(12, 4, "space_aware", rec, {"root": str(data)})  # deterministic
+    assert choose_frames(12, 4, "uniform", rec) == [0, 3, 7, 11]  # C's uniform_sample

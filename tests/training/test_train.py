@@ -95,3 +95,20 @@ def test_metrics_csv_resume_and_png(tmp_path):
     import cv2
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > 200 and (img < 250).any()
+
+
+@pytest.mark.slow
+def test_default_pipeline_smoke(tmp_path):
+    """data -> geometry -> SFT -> export -> eval tables, a few steps each (about a minute)."""
+    from training.pipeline import run_default
+
+    cfg = load_config("training/configs/tiny_smoke.yaml", [f"output_dir={tmp_path / 'run'}",
+                                                           f"data.root={tmp_path / 'data'}",
+                                                           f"export.dir={tmp_path / 'export'}"])
+    result = run_default(cfg)
+    assert result["export"]["safetensors_mb"] < 30
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    model = SpatialMLLM.load(str(tmp_path / "export"))
+    assert model.answer([np.zeros((84, 112, 3), np.uint8)] * 2, "How many chairs are there?").num_tokens >= 0
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert set(result["report"]["macro"]) == {"uniform", "space_aware", "prior_baseline"}
