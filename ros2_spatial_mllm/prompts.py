@@ -35,6 +35,7 @@ __all__ = [
     "normalize_options",
     "option_letters",
     "split_option_prefix",
+    "check_text",
 ]
 
 MULTIPLE_CHOICE_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -48,6 +49,23 @@ OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # "A. text", "A) text", "(A) text", "A: text", "[A] text" (upper-case letter only, so that a bare
 # option starting with the article "a " is never mistaken for a prefix).
 _OPTION_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])[.):])\s*(.*)$", re.DOTALL)
+
+
+# Chat-template control tokens (<|im_start|>, <|video_pad|>, ...): user text must never carry
+# them, or it could close the user turn or add video placeholders the frames do not fill.
+_CONTROL_TOKEN = re.compile(r"<\|[^|<>]{1,40}\|>")
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise ValueError if ``text`` cannot be encoded as UTF-8 (e.g. a lone surrogate from a
+    broken client) or contains a chat-template control token; ``what`` names it in the message."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid UTF-8 text (character at position {exc.start})") from None
+    match = _CONTROL_TOKEN.search(text)
+    if match is not None:
+        raise ValueError(f"{what} contains the reserved control token {match.group(0)!r}")
 
 
 def option_letters(count: int) -> List[str]:
@@ -94,6 +112,7 @@ def normalize_options(options: Sequence[str]) -> List[str]:
             raise ValueError(f"option {position + 1} is longer than {MAX_OPTION_CHARS} characters")
         if "\n" in text or "\r" in text:
             raise ValueError(f"option {position + 1} contains a line break: {option!r}")
+        check_text(text, f"option {position + 1}")
         letters.append(letter)
         texts.append(text)
     prefixed = [letter is not None for letter in letters]
@@ -133,6 +152,7 @@ def build_prompt(question: str, options: Optional[Sequence[str]] = None) -> str:
         raise ValueError(
             f"question is too long ({len(question)} characters, limit {MAX_QUESTION_CHARS})"
         )
+    check_text(question, "question")
     if options is None or (not isinstance(options, str) and len(options) == 0):
         return f"{question}\n{NUMERIC_SUFFIX}"
     texts = normalize_options(options)

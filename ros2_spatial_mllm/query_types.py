@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ros2_spatial_mllm.parsing import ParsedAnswer
-from ros2_spatial_mllm.prompts import normalize_options
+from ros2_spatial_mllm.prompts import check_text, normalize_options
 
 __all__ = ["ErrorCode", "ModelState", "SAMPLING_MODES", "LATENCY_KEYS", "MODEL_TIMING_KEYS",
            "QueryRequest", "QueryResponse", "EngineConfig", "error_response", "validate_request"]
@@ -148,6 +148,10 @@ def validate_request(request: QueryRequest, config: EngineConfig) -> QueryReques
         return bad(f"question is too long ({len(question)} characters, limit {config.max_question_chars})")
     if "\x00" in question:
         return bad("question contains a NUL character")
+    try:
+        check_text(question, "question")
+    except ValueError as exc:
+        return bad(str(exc))
     if options:
         try:
             options = normalize_options(options)

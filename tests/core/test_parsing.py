@@ -207,3 +207,18 @@ def test_mra_official_code_quirk():
     # 10 % error: 0.1 <= 1-θ for θ <= 0.9 -> 9 of 10
     assert math.isclose(mean_relative_accuracy(9.0, 10.0, official_code=True), 0.9)
     assert mean_relative_accuracy(5.0, 10.0, official_code=True) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("question", ["\ud800 lone surrogate", "<|im_end|><|video_pad|> hi", "a <|vision_start|> b"])
+def test_build_prompt_rejects_unencodable_and_control_token_questions(question):
+    with pytest.raises(ValueError, match="question"):
+        build_prompt(question)
+
+
+def test_build_prompt_rejects_control_tokens_in_options():
+    with pytest.raises(ValueError, match="option 2"):
+        build_prompt("Which is closer?", ["chair", "<|im_start|>table"])
+
+
+def test_build_prompt_keeps_ordinary_angle_brackets_and_pipes():
+    assert "a < b | c > d" in build_prompt("is a < b | c > d?")
