@@ -127,7 +127,8 @@ def run_soak(duration_s: float = 45.0, rate_hz: float = 30.0, size=(1920, 1080),
         "node_alive": alive,
         "every_request_answered": result["unanswered"] == 0,
         "only_documented_codes": set(codes) <= {"OK", "BUSY", "TIMEOUT", "NO_FRAMES", "EMPTY_WINDOW"},
-        "counters_consistent": received == kept + never_kept and received <= summary["published"],
+        "counters_consistent": received == kept + never_kept and received <= summary["published"]
+        and kept - dropped.get("evicted", 0) - dropped.get("time_jump_cleared", 0) == result["node_input"]["frames"],
         "rss_growth_within_64mb": result["rss_growth_after_warmup_mb"] is not None
         and result["rss_growth_after_warmup_mb"] <= 64.0,
         "rss_within_bound": result["rss_max_mb"] is not None and rss_idle is not None

@@ -126,8 +126,15 @@ class SpatialMLLM:
     # ---- construction ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model: str | Path | None = None, preset: str = "tiny", device: str = "cpu", dtype=None) -> "SpatialMLLM":
-        """model=None -> embedded preset (only "tiny" is embedded); else a local checkpoint dir."""
+    def load(cls, model: str | Path | None = None, preset: str = "tiny", device: str = "cpu", dtype=None,
+             backend: str = "torch", backend_options: dict | None = None) -> "SpatialMLLM":
+        """model=None -> embedded preset (only "tiny" is embedded); else a local checkpoint dir.
+
+        backend: "torch" (default), "onnxruntime" or "tensorrt" for the encoders and connector;
+        backend_options go to ros2_spatial_mllm.backends.get_backend (onnx_dir, engine_cache_dir,
+        engine_precision, allow_engine_build). A missing or mismatched engine raises here, at load
+        time, never silently rebuilding unless allow_engine_build=True.
+        """
         if model is None:
             if preset != "tiny":
                 raise ValueError(f"preset {preset!r} has no embedded weights: pass model=<local directory>")
@@ -141,8 +148,14 @@ class SpatialMLLM:
             LOG.warning("checkpoint %s: %s (missing: %s, unexpected: %s)", model_dir, report.summary(),
                         report.missing[:5], report.unexpected[:5])
         tokenizer = _load_tokenizer(Path(model_dir))
-        return cls(net, tokenizer, VideoProcessingConfig.from_dir(model_dir), Path(model_dir), used_preset,
-                   torch.device(device), _eos_ids(Path(model_dir), net.config, tokenizer), report)
+        engine = cls(net, tokenizer, VideoProcessingConfig.from_dir(model_dir), Path(model_dir), used_preset,
+                     torch.device(device), _eos_ids(Path(model_dir), net.config, tokenizer), report)
+        if backend != "torch":
+            from ros2_spatial_mllm.backends import configure_backend  # lazy: onnxruntime/tensorrt are optional
+
+            configure_backend(engine, backend, **{"device": device, **(backend_options or {})})
+            engine._info["backend"] = backend
+        return engine
 
     @property
     def info(self) -> dict:

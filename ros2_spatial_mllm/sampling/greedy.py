@@ -1,8 +1,10 @@
 """Greedy maximum coverage on packed bitsets, the temporal-spread fill, and uniform sampling.
 
 Frames' voxel sets are rows of a bit matrix ``[N, W]`` of uint64 words (bit ``j`` of the row is
-voxel ``j``). One greedy step is ``popcount(rows & ~covered)`` per row (``np.bitwise_count``), an
-argmax, and an OR; K steps cost ``O(K * N * W)`` word operations, no Python loop over voxels.
+voxel ``j``; built by ``bitsets.py``). Gains start as each row's popcount (``np.bitwise_count``);
+after a pick only the words where it added new bits are touched: every row's gain drops by
+``popcount(row & new_bits)`` over those columns. So K steps cost ``O(N * W)`` plus ``N`` times the
+words the picks changed, no Python loop over voxels, and gains stay exact integers.
 
 Selection rules (deterministic):
   1. While some frame adds new voxels: pick the frame with the largest gain; ties -> earliest
@@ -20,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from ros2_spatial_mllm.sampling.bitsets import pack_voxel_sets
 
 __all__ = [
     "SamplingResult",
@@ -78,26 +82,6 @@ def candidate_indices(n: int, max_candidates: int = MAX_CANDIDATES) -> List[int]
     return uniform_sample(n, max_candidates) if n > 0 else []
 
 
-def pack_voxel_sets(ids_per_frame: Sequence[np.ndarray], num_voxels: int) -> np.ndarray:
-    """Bit matrix of voxel sets.
-
-    Args:
-        ids_per_frame: N arrays of voxel ids in ``[0, num_voxels)`` (duplicates allowed).
-        num_voxels: size of the id space U.
-    Returns:
-        uint64 ``[N, ceil(U / 64)]`` (at least one word per row), bit ``j`` = voxel ``j``.
-    """
-    n = len(ids_per_frame)
-    words = max(1, -(-num_voxels // 64))
-    dense = np.zeros((n, words * 64), dtype=bool)  # [N, 64W]
-    lengths = np.fromiter((len(ids) for ids in ids_per_frame), dtype=np.int64, count=n)
-    if lengths.sum():
-        rows = np.repeat(np.arange(n), lengths)
-        dense[rows, np.concatenate([np.asarray(ids, np.int64) for ids in ids_per_frame])] = True
-    packed = np.packbits(dense, axis=1, bitorder="little")  # [N, 8W] uint8
-    return np.ascontiguousarray(packed).view(np.uint64)  # [N, W]
-
-
 def greedy_max_coverage(
     bitsets: np.ndarray,
     k: int,
@@ -125,24 +109,33 @@ def greedy_max_coverage(
     order = np.lexsort((np.arange(n), times_arr))  # [N] time-ordered row ids
     rows = bitsets[order]  # [N, W]
     t = times_arr[order]  # [N]
-    covered = np.zeros(rows.shape[1], dtype=np.uint64)  # [W]
-    union_size = int(np.bitwise_count(np.bitwise_or.reduce(rows, axis=0)).sum())
+    union = np.bitwise_or.reduce(rows, axis=0)  # [W]
+    union_size = int(np.bitwise_count(union).sum())
+    occupied = np.flatnonzero(union)  # words some frame uses; the others never count
+    if occupied.size < rows.shape[1]:
+        rows = rows[:, occupied]  # [N, W']
+    covered = np.zeros(rows.shape[1], dtype=np.uint64)  # [W']
+    # gain[i] = |row i \ covered|, kept exact by subtracting each pick's newly covered bits.
+    gain = np.bitwise_count(rows).sum(axis=1, dtype=np.int64)  # [N]
     available = np.ones(n, dtype=bool)
     nearest = np.full(n, np.inf)  # time distance to the nearest chosen frame
     picks: List[int] = []
     gains: List[int] = []
     for _ in range(min(k, n)):
-        gain = np.bitwise_count(rows & ~covered).sum(axis=1, dtype=np.int64)  # [N]
-        gain[~available] = -1
-        best = int(np.argmax(gain))
+        best = int(np.argmax(gain))  # picked frames hold -1
         if gain[best] <= 0:  # coverage saturated: temporal-spread fill
             spread = np.where(available, nearest, -1.0)
             best = int(np.argmax(spread))
             gains.append(0)
         else:
             gains.append(int(gain[best]))
-            covered |= rows[best]
+            new_bits = rows[best] & ~covered  # [W']
+            cols = np.flatnonzero(new_bits)  # [C] words that gained bits
+            new_bits = new_bits[cols]  # [C]
+            covered[cols] |= new_bits
+            gain -= np.bitwise_count(rows[:, cols] & new_bits).sum(axis=1, dtype=np.int64)  # [N]
         available[best] = False
+        gain[best] = -1
         nearest = np.minimum(nearest, np.abs(t - t[best]))
         picks.append(best)
     covered_size = int(np.bitwise_count(covered).sum())

@@ -30,8 +30,8 @@ reference voxelisation the incremental picks cover 0.93 of the voxels vs 0.96 fo
 own picks and 0.84 for uniform; scored under the incremental voxelisation the order flips (each
 greedy is best on its own grid), so the gap is grid alignment, not lost coverage.
 
-Costs: a query with every frame's ids cached (``VoxelIndex.select``) is an id compaction, a bit
-packing and K popcount passes (~1-2 ms for 16 of 128). A query at a coarsening factor not seen
+Costs: a query with every frame's bit row cached (``VoxelIndex.select``) is a scatter of the
+cached words and the greedy loop (~1 ms for 16 of 128 frames of ~1,500 voxels each). A query at a coarsening factor not seen
 before coarsens every queried frame once (~1 ms per frame); ``VoxelIndex.add`` precomputes the
 factor of the last query so a steady stream stays on the fast path.
 """
@@ -43,6 +43,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ros2_spatial_mllm.sampling.bitsets import SparseWords, sparse_words, stack_sparse_rows
 from ros2_spatial_mllm.sampling.greedy import SamplingResult, greedy_max_coverage, pack_voxel_sets
 from ros2_spatial_mllm.sampling.voxels import KEY_LIMIT, FrameVoxels, pack_keys, sorted_unique
 
@@ -89,15 +90,6 @@ def _query_factor(voxel_sets: Sequence[FrameVoxels], voxel_size: Optional[float]
     return coarsening_factor(reference_voxel_size(low, high, divisions), base)
 
 
-def _compact_ids(ids_per_frame: List[np.ndarray], id_space: int):
-    """Renumber ids used by these frames to 0..U-1 without sorting. Returns (ids_per_frame, U)."""
-    used = np.zeros(id_space, dtype=bool)
-    for ids in ids_per_frame:
-        used[ids] = True
-    remap = np.cumsum(used, dtype=np.int64) - 1  # [id_space]
-    return [remap[ids] for ids in ids_per_frame], int(used.sum())
-
-
 class _Vocabulary:
     """Incremental map from packed voxel keys to dense ids (sorted keys + searchsorted)."""
 
@@ -129,15 +121,17 @@ class _Entry:
     voxels: FrameVoxels
     stamp: float
     seq: int
-    ids: Dict[int, np.ndarray] = field(default_factory=dict)  # factor -> vocabulary ids
+    words: Dict[int, SparseWords] = field(default_factory=dict)  # factor -> packed vocabulary ids
 
 
 class VoxelIndex:
     """Cache of per-frame voxel sets for repeated, fast selections (e.g. a robot's frame buffer).
 
     ``add`` is called once per frame (worker thread); ``select`` picks K frames among any subset
-    of the stored frames in milliseconds: voxel ids per frame and coarsening factor are cached,
-    so a query is an id compaction, a bit packing and the greedy loop. Not thread-safe: guard
+    of the stored frames in about a millisecond: each frame's voxels are cached per coarsening
+    factor as a packed bit row in the index's vocabulary id space (sparse uint64 words, see
+    ``bitsets.py``), so a query stacks the cached rows (dropping unused word columns) and runs
+    the greedy loop. Not thread-safe: guard
     ``add``/``remove``/``select`` with one lock if used from several threads.
 
     Args:
@@ -179,7 +173,7 @@ class VoxelIndex:
         self._seq += 1
         self._entries[key] = entry
         if self._last_factor is not None:  # precompute for the factor queries currently use
-            self._ids(entry, self._last_factor)
+            self._words(entry, self._last_factor)
 
     def remove(self, key: Hashable) -> None:
         """Forget a frame (KeyError if unknown). Ids are compacted after many removals."""
@@ -188,19 +182,20 @@ class VoxelIndex:
         if self._removed > max(64, len(self._entries)):
             self._vocab.clear()
             for entry in self._entries.values():
-                entry.ids.clear()
+                entry.words.clear()
             self._removed = 0
 
     def clear(self) -> None:
         self.__init__(self.voxel_size, self.bbox_divisions)
 
-    def _ids(self, entry: _Entry, factor: int) -> np.ndarray:
-        ids = entry.ids.get(factor)
-        if ids is None:
+    def _words(self, entry: _Entry, factor: int) -> SparseWords:
+        """The frame's voxels at ``factor`` as sparse words of vocabulary ids (cached)."""
+        words = entry.words.get(factor)
+        if words is None:
             vocab = self._vocab.setdefault(factor, _Vocabulary())
-            ids = vocab.lookup_or_add(entry.voxels.keys_at(factor))
-            entry.ids[factor] = ids
-        return ids
+            words = sparse_words(vocab.lookup_or_add(entry.voxels.keys_at(factor)))
+            entry.words[factor] = words
+        return words
 
     def _factor(self, entries: Sequence[_Entry]) -> int:
         return _query_factor([e.voxels for e in entries], self.voxel_size, self.bbox_divisions)
@@ -220,9 +215,9 @@ class VoxelIndex:
             return greedy_max_coverage(np.zeros((0, 1), np.uint64), k)
         factor = self._factor(entries)
         self._last_factor = factor
-        vocab_ids = [self._ids(entry, factor) for entry in entries]
-        ids, num_voxels = _compact_ids(vocab_ids, len(self._vocab[factor]))
-        result = greedy_max_coverage(pack_voxel_sets(ids, num_voxels), k,
+        rows = [self._words(entry, factor) for entry in entries]
+        width = -(-len(self._vocab[factor]) // 64)  # words of the vocabulary's id space
+        result = greedy_max_coverage(stack_sparse_rows(rows, width), k,
                                      times=[entry.stamp for entry in entries])
         result.voxel_size = factor * self._base_voxel
         return result

@@ -2,12 +2,14 @@
 import pytest
 
 from engines.export import export_all
-from engines.model_factory import build_model
+from ros2_spatial_mllm.inference import SpatialMLLM
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    return build_model("tiny")
+    # The shipped tiny weights (not a fresh random init), so exports made from this model match
+    # what SpatialMLLM.load() runs, whatever weights the training package ships.
+    return SpatialMLLM.load().model
 
 
 @pytest.fixture(scope="session")

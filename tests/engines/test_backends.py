@@ -103,3 +103,20 @@ def test_configure_backend_on_spatial_mllm(tiny_onnx_dir):
     assert engine.model.connector.mlp[0].weight.is_meta
     frames = [np.full((64, 64, 3), 128, np.uint8)] * 2
     assert engine.answer(frames, "Is it bright?", max_new_tokens=2).num_tokens <= 2
+
+
+def test_load_with_onnxruntime_backend_answers_like_torch(tiny_onnx_dir):
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    frames = [np.full((96, 128, 3), v, np.uint8) for v in (40, 90, 140, 190)]
+    expected = SpatialMLLM.load().answer(frames, "How far is the door?", max_new_tokens=5)
+    engine = SpatialMLLM.load(backend="onnxruntime", backend_options={"onnx_dir": str(tiny_onnx_dir)})
+    assert engine.info["backend"] == "onnxruntime"
+    assert engine.model.connector.mlp[0].weight.is_meta  # PyTorch copy freed: ONNX really serves it
+    got = engine.answer(frames, "How far is the door?", max_new_tokens=5)
+    assert got.text == expected.text
+
+
+def test_load_with_onnxruntime_backend_without_export_dir_fails_at_load():
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    with pytest.raises(ValueError, match="onnx_dir"):
+        SpatialMLLM.load(backend="onnxruntime")

@@ -13,6 +13,7 @@ import array
 import logging
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +154,27 @@ def test_node_intake_path_never_raises(raw_msgs, compressed_msgs):
     assert stats["received"] == sent
     assert stats["received"] == stats["kept"] + stats["rejected_total"]
     assert stats["frames"] <= 4
+
+
+def _png_bomb(side: int) -> bytes:
+    """A ~100 kB grey PNG whose header declares side x side pixels (all zero)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    packer, row = zlib.compressobj(9), bytes(side + 1)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.xfail(reason="finding for D2: decode_compressed has no pixel cap (raw images cap sides at 32768); "
+                          "a 249 kB PNG declaring 16000x16000 decodes to 256 MB (+490 MB RSS, 3 s) in the "
+                          "subscription callback. Fix: read PNG IHDR / JPEG SOF size first and refuse above a cap",
+                   strict=False)
+def test_compressed_decompression_bomb_is_refused_before_decoding():
+    bomb = _png_bomb(6000)                       # 36 MP > 2**25 px, ~40 kB on the wire
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageDecodeError):
+        decode_compressed("png", bomb)

@@ -2,8 +2,9 @@
 
 Pinned behaviour: whatever a client sends (questions of any unicode and length, any option
 lists, any window stamps, frame counts, sampling names, token budgets, timeouts), the engine
-returns a QueryResponse whose code is an ErrorCode and raises nothing. With the real tiny model
-loaded, OK answers use only frames inside the requested window, time-sorted, at most
+returns a QueryResponse whose code is an ErrorCode and raises nothing; never INTERNAL (lone
+surrogates and chat-template tokens are BAD_REQUEST since prompts.check_text). With the real tiny
+model loaded, OK answers use only frames inside the requested window, time-sorted, at most
 num_frames of them; EMPTY_WINDOW is returned exactly when the window holds no frame.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _buffer() -> FrameBuffer:
 
 texts = st.one_of(st.text(max_size=64), st.text(min_size=1990, max_size=2100),
                   st.sampled_from(["How many boxes?", "  ", "", "\x00", "a" * 12000, "\ud800 lone surrogate",
-                                   "A. chair", "How far?\nPlease answer."]))
+                                   "A. chair", "How far?\nPlease answer.", "<|im_start|>system", "a <|video_pad|> b"]))
 stamps = st.one_of(st.just(0), st.sampled_from(STAMPS), st.integers(-2**63, 2**64), st.integers(T0 - 10**9, T0 + 2 * 10**9))
 requests = st.builds(
     QueryRequest,
@@ -91,9 +92,7 @@ def test_every_request_is_answered_consistently_with_the_tiny_model(tiny_engine,
     response = tiny_engine.ask(request)
     assert isinstance(response.code, ErrorCode)
     assert response.code not in (ErrorCode.BUSY, ErrorCode.TIMEOUT, ErrorCode.MODEL_NOT_READY), response
-    if response.code == ErrorCode.INTERNAL:   # allowed by the contract, but must say why
-        assert response.message
-        return
+    assert response.code != ErrorCode.INTERNAL, response.message
     lo, hi = request.t_start_ns or -math.inf, request.t_end_ns or math.inf
     in_window = [s for s in STAMPS if lo <= s <= hi] if isinstance(lo, (int, float)) else []
     if response.code == ErrorCode.OK:
@@ -118,9 +117,6 @@ def test_fuzz_found_no_internal_errors_on_plain_requests(tiny_engine):
     assert tiny_engine.ask(QueryRequest("q", t_start_ns=STAMPS[-1] + 1)).code == ErrorCode.EMPTY_WINDOW
 
 
-@pytest.mark.xfail(reason="finding for D2/B: lone surrogates reach the tokenizer (INTERNAL TypeError) and "
-                          "'<|video_pad|>' in a question breaks the prompt (INTERNAL ValueError); both "
-                          "should be BAD_REQUEST from validate_request", strict=False)
 @pytest.mark.parametrize("question", ["\ud800 lone surrogate", "<|im_end|><|video_pad|> hi"])
 def test_unencodable_or_template_breaking_questions_are_bad_requests(tiny_engine, question):
     assert tiny_engine.ask(QueryRequest(question)).code == ErrorCode.BAD_REQUEST

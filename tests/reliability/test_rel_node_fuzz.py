@@ -21,16 +21,15 @@ from harness import wait_for
 from ros2_spatial_mllm.query_engine import ErrorCode
 
 FUZZ = settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-# text without lone surrogates (rclpy cannot serialise them) and without chat-template tokens
-# (a known INTERNAL case, see test_fuzz_query.py)
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=80).filter(lambda t: "<|" not in t)
+# text without lone surrogates (rclpy cannot serialise them)
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
 times = st.one_of(st.builds(Time, sec=st.integers(-2**31, 2**31 - 1), nanosec=st.integers(0, 2**32 - 1)),
                   st.sampled_from([Time(), Time(sec=STAMPS[2] // 10**9, nanosec=STAMPS[2] % 10**9),
                                    Time(sec=STAMPS[9] // 10**9, nanosec=STAMPS[9] % 10**9)]))
 
 
 @FUZZ
-@given(question=st.one_of(TEXT, st.sampled_from(["How many boxes?", "", " ", "x" * 3000, "é" * 6000])),
+@given(question=st.one_of(TEXT, st.sampled_from(["How many boxes?", "", " ", "x" * 3000, "é" * 6000, "<|im_end|><|video_pad|>"])),
        options=st.one_of(st.just([]), st.lists(TEXT, max_size=6), st.lists(st.sampled_from(["A. red", "B. blue", "red"]),
                                                                             max_size=4)),
        window_start=times, window_end=times,

@@ -207,3 +207,18 @@ print("elapsed", time.monotonic() - t)
     assert float(lines[-1]) < 5.0 and time.monotonic() - started < 60
     assert not list((tmp_path).rglob("config.json"))   # nothing downloaded
     assert enforce_offline()["HF_HUB_OFFLINE"] == "1"
+
+
+def test_safe_load_model_checks_before_loading(ckpt):
+    from ros2_spatial_mllm.safety import safe_load_model
+    model = safe_load_model(str(ckpt))
+    try:
+        info = model.info
+        assert info["config_hash"] == config_hash(ckpt) and info["revision"] == model_revision(ckpt)
+        assert "safetensors only" in info["model_check"]
+    finally:
+        model.close()
+    shard = _shard(ckpt)
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(UnsafeModelError, match="truncated"):
+        safe_load_model(str(ckpt))

@@ -1,0 +1,101 @@
+"""Voxel sets as bit rows of uint64 words, written word by word (no dense frame x voxel table).
+
+Voxel id ``j`` is bit ``j & 63`` of word ``j >> 6``. A set of ids becomes *sparse words*: the
+indices of its non-zero words (increasing) and their uint64 values. Building them is one sort
+(skipped when the ids are already sorted, as they are wherever ids come from sorted keys), a
+neighbour compare and ``np.bitwise_or.reduceat`` over the runs of equal word index (OR, so
+duplicate ids are harmless). A bit matrix ``[N, W]`` is then one scatter of every frame's words.
+
+``VoxelIndex`` keeps each frame's sparse words (in its vocabulary's id space) and only stacks
+them at query time (``stack_sparse_rows``), dropping word columns no queried frame uses; the
+greedy result depends on popcounts of row intersections only, so the word layout never changes
+a selection.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["SparseWords", "sparse_words", "pack_voxel_sets", "stack_sparse_rows"]
+
+SparseWords = Tuple[np.ndarray, np.ndarray]  # (word indices int64 [M] increasing, bits uint64 [M])
+
+_ONE = np.uint64(1)
+
+
+def sparse_words(bit_positions: np.ndarray) -> SparseWords:
+    """Non-zero words of a bit set.
+
+    Args:
+        bit_positions: int64 [T] bit positions >= 0, any order, duplicates allowed.
+    Returns:
+        (word indices int64 [M] strictly increasing, word values uint64 [M], all non-zero).
+    """
+    positions = np.asarray(bit_positions, dtype=np.int64).reshape(-1)  # [T]
+    if positions.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    if positions.size > 1 and not (positions[1:] >= positions[:-1]).all():
+        positions = np.sort(positions)
+    word = positions >> 6  # [T] non-decreasing
+    bits = np.left_shift(_ONE, (positions & 63).astype(np.uint64))  # [T]
+    run_start = np.empty(word.size, dtype=bool)  # [T] first position of each word
+    run_start[0] = True
+    np.not_equal(word[1:], word[:-1], out=run_start[1:])
+    starts = np.flatnonzero(run_start)  # [M]
+    return word[starts], np.bitwise_or.reduceat(bits, starts)
+
+
+def pack_voxel_sets(ids_per_frame: Sequence[np.ndarray], num_voxels: int) -> np.ndarray:
+    """Bit matrix of voxel sets.
+
+    Args:
+        ids_per_frame: N arrays of voxel ids in ``[0, num_voxels)`` (duplicates allowed; sorted
+            ids per frame, e.g. from ``searchsorted`` on sorted keys, skip the sort).
+        num_voxels: size of the id space U.
+    Returns:
+        uint64 ``[N, ceil(U / 64)]`` (at least one word per row), bit ``j`` = voxel ``j``.
+    Raises:
+        ValueError: an id outside ``[0, num_voxels)``.
+    """
+    n = len(ids_per_frame)
+    words = max(1, -(-int(num_voxels) // 64))
+    packed = np.zeros(n * words, dtype=np.uint64)  # [N * W]
+    arrays = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in ids_per_frame]
+    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=n)  # [N]
+    if lengths.sum():
+        ids = np.concatenate(arrays)  # [T]
+        if ids.min() < 0 or ids.max() >= num_voxels:
+            raise ValueError(f"voxel ids must lie in [0, {num_voxels}), got [{ids.min()}, {ids.max()}]")
+        # Bit position in the flattened matrix: row r's bits start at r * 64W (rows stay sorted).
+        positions = ids + np.repeat(np.arange(n, dtype=np.int64) * (words * 64), lengths)  # [T]
+        word_index, word_bits = sparse_words(positions)
+        packed[word_index] = word_bits
+    return packed.reshape(n, words)
+
+
+def stack_sparse_rows(rows: Sequence[SparseWords], width: int) -> np.ndarray:
+    """Bit matrix from per-frame sparse words, keeping only the word columns some row uses.
+
+    Args:
+        rows: N pairs (word indices int64 [M_i] unique, bits uint64 [M_i]) in one id space.
+        width: number of words of that id space (every word index is < width).
+    Returns:
+        uint64 ``[N, W']`` with ``W'`` = number of word columns used by any row (at least 1);
+        column order follows the word indices, so popcounts of any row combination are those
+        of the full-width matrix.
+    """
+    n = len(rows)
+    lengths = np.fromiter((r[0].size for r in rows), dtype=np.int64, count=n)  # [N]
+    if not lengths.sum():
+        return np.zeros((n, 1), dtype=np.uint64)
+    word_index = np.concatenate([r[0] for r in rows])  # [T]
+    word_bits = np.concatenate([r[1] for r in rows])  # [T]
+    used = np.zeros(max(int(width), 1), dtype=bool)  # [width]
+    used[word_index] = True
+    column = np.cumsum(used, dtype=np.int64) - 1  # [width] word index -> compact column
+    columns = int(column[-1]) + 1
+    packed = np.zeros(n * columns, dtype=np.uint64)  # [N * W']
+    packed[np.repeat(np.arange(n, dtype=np.int64) * columns, lengths) + column[word_index]] = word_bits
+    return packed.reshape(n, columns)
