@@ -30,6 +30,7 @@ class ReplayStats:
     interrupted: bool = False       # Ctrl-C / context shut down before the end
     per_topic: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    unacked_topics: list[str] = field(default_factory=list)  # reliable topics not acknowledged in time
 
 
 def message_class(msgtype: str):
@@ -44,14 +45,18 @@ def message_class(msgtype: str):
 def replay_bag(bag: str | Path, rate: float | None = 1.0, topics: Sequence[str] | None = None,
                loop: bool = False, wait_for_subscribers_s: float = 0.0, qos_depth: int = 100,
                best_effort: bool = False, node_name: str = "spatial_mllm_bag_replay",
-               should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print) -> ReplayStats:
+               should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
+               drain_timeout_s: float = 5.0) -> ReplayStats:
     """Replay ``bag``; returns counts. Initialises/shuts down rclpy itself when not yet running.
 
     topics: topic names to publish (default: every topic whose type is in DEFAULT_TYPES);
     wait_for_subscribers_s: wait up to this long until some image topic has a subscriber
-    (then 0.5 s more so the subscriber's depth/info/odom subscriptions match too).
+    (then 0.5 s more so the subscriber's depth/info/odom subscriptions match too);
+    drain_timeout_s: with reliable QoS, wait up to this long at the end until subscribers have
+    acknowledged everything (topics still unacknowledged are listed in the stats).
     """
     import rclpy
+    from rclpy.duration import Duration
     from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
 
     if rate is not None and rate <= 0:
@@ -114,6 +119,11 @@ def replay_bag(bag: str | Path, rate: float | None = 1.0, topics: Sequence[str] 
                 stats.loops += 1
                 if not loop:
                     break
+            if not best_effort and not stats.interrupted:
+                # Reliable delivery only holds while the writer lives: wait until every matched
+                # subscriber acknowledged, or the last messages die with this process.
+                drain = Duration(seconds=drain_timeout_s)
+                stats.unacked_topics = [t for t, p in publishers.items() if not p.wait_for_all_acked(drain)]
             stats.wall_s = time.monotonic() - started
             return stats
     except KeyboardInterrupt:

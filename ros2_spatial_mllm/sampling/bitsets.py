@@ -33,18 +33,24 @@ def sparse_words(bit_positions: np.ndarray) -> SparseWords:
     Returns:
         (word indices int64 [M] strictly increasing, word values uint64 [M], all non-zero).
     """
-    positions = np.asarray(bit_positions, dtype=np.int64).reshape(-1)  # [T]
+    return _sparse_words_inplace(np.array(bit_positions, dtype=np.int64).reshape(-1))
+
+
+def _sparse_words_inplace(positions: np.ndarray) -> SparseWords:
+    """``sparse_words`` on a caller-owned int64 [T] array that it overwrites (one extra [T]
+    buffer only: large fresh temporaries cost page faults on a busy machine)."""
     if positions.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
     if positions.size > 1 and not (positions[1:] >= positions[:-1]).all():
-        positions = np.sort(positions)
-    word = positions >> 6  # [T] non-decreasing
-    bits = np.left_shift(_ONE, (positions & 63).astype(np.uint64))  # [T]
-    run_start = np.empty(word.size, dtype=bool)  # [T] first position of each word
+        positions.sort()
+    bits = np.bitwise_and(positions, 63).view(np.uint64)  # [T] bit within its word
+    np.left_shift(_ONE, bits, out=bits)  # [T] the word value of each single bit
+    np.right_shift(positions, 6, out=positions)  # [T] word index, non-decreasing
+    run_start = np.empty(positions.size, dtype=bool)  # [T] first position of each word
     run_start[0] = True
-    np.not_equal(word[1:], word[:-1], out=run_start[1:])
+    np.not_equal(positions[1:], positions[:-1], out=run_start[1:])
     starts = np.flatnonzero(run_start)  # [M]
-    return word[starts], np.bitwise_or.reduceat(bits, starts)
+    return positions[starts], np.bitwise_or.reduceat(bits, starts)
 
 
 def pack_voxel_sets(ids_per_frame: Sequence[np.ndarray], num_voxels: int) -> np.ndarray:
@@ -63,14 +69,18 @@ def pack_voxel_sets(ids_per_frame: Sequence[np.ndarray], num_voxels: int) -> np.
     words = max(1, -(-int(num_voxels) // 64))
     packed = np.zeros(n * words, dtype=np.uint64)  # [N * W]
     arrays = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in ids_per_frame]
-    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=n)  # [N]
-    if lengths.sum():
-        ids = np.concatenate(arrays)  # [T]
-        if ids.min() < 0 or ids.max() >= num_voxels:
-            raise ValueError(f"voxel ids must lie in [0, {num_voxels}), got [{ids.min()}, {ids.max()}]")
-        # Bit position in the flattened matrix: row r's bits start at r * 64W (rows stay sorted).
-        positions = ids + np.repeat(np.arange(n, dtype=np.int64) * (words * 64), lengths)  # [T]
-        word_index, word_bits = sparse_words(positions)
+    ends = np.cumsum([a.size for a in arrays])  # [N]
+    if n and ends[-1]:
+        positions = np.concatenate(arrays)  # [T] ids, then bit positions in the flat matrix
+        low, high = positions.min(), positions.max()
+        if low < 0 or high >= num_voxels:
+            raise ValueError(f"voxel ids must lie in [0, {num_voxels}), got [{low}, {high}]")
+        start = 0
+        for row, end in enumerate(ends.tolist()):  # row r's bits start at r * 64W: stays sorted
+            if row and end > start:
+                positions[start:end] += row * words * 64
+            start = end
+        word_index, word_bits = _sparse_words_inplace(positions)
         packed[word_index] = word_bits
     return packed.reshape(n, words)
 

@@ -89,7 +89,13 @@ def _object_mesh(obj: SceneObject) -> trimesh.Trimesh:
 
 
 class SceneRenderer:
-    """Builds one Embree scene for a ProceduralScene and renders arbitrary poses."""
+    """Builds one Embree scene for a ProceduralScene and renders arbitrary poses.
+
+    Everything that depends only on the hit triangle (colour, instance id, the light term of the
+    shading, which texture applies) is precomputed per face at construction, so a frame is one
+    Embree call (``EmbreeScene.run(..., output=1)``: primitive ids and hit distances) followed by
+    a handful of whole-image gathers and in-place array operations.
+    """
 
     def __init__(self, scene: ProceduralScene):
         self.scene = scene
@@ -121,31 +127,63 @@ class SceneRenderer:
         self._color_lut = np.zeros((max(self.label_color) + 4, 3), np.float32)
         for k, c in self.label_color.items():
             self._color_lut[int(k) + 3] = c
+        self._build_face_tables()
 
-    def _texture(self, labels: np.ndarray, pts: np.ndarray) -> np.ndarray:
-        """Per-hit multiplicative texture factor [M] from world hit points [M,3]."""
-        factor = np.ones(len(labels), np.float32)
-        floor = labels == STRUCTURE_FLOOR
+    def _build_face_tables(self) -> None:
+        """Per-face lookups (F = triangles): everything the shading needs that the hit point does not."""
+        self._face_rgb = np.ascontiguousarray(self._color_lut[self.face_label + 3])        # [F,3] f32
+        self._face_instance = np.maximum(self.face_label, 0).astype(np.int32)             # [F]
+        self._face_normal_xyz = np.ascontiguousarray(self.face_normal32.T)                # [3,F] f32
+        # light term 0.5 + 0.35 |n.l| per face, evaluated row by row exactly as a per-pixel pass would
+        light_term = np.abs(np.einsum("ij,j->i", self.face_normal32, self.light32))
+        self._face_light = (np.float32(0.5) + np.float32(0.35) * light_term).astype(np.float32)  # [F]
+        # texture group per face: 0 untextured, 1 floor, 2 wall, 3 + j the j-th textured object
+        group = np.zeros(len(self.face_label), np.uint8)
+        if self.scene.style.get("floor_texture", "plain") in ("checker", "planks"):
+            group[self.face_label == STRUCTURE_FLOOR] = 1
+        group[self.face_label == STRUCTURE_WALL] = 2
+        self._textured_objects = [o for o in self.scene.objects if o.texture != "plain"]
+        if len(self._textured_objects) > 250:
+            raise ValueError("at most 250 textured objects per scene")
+        for j, obj in enumerate(self._textured_objects):
+            group[self.face_label == obj.instance_id] = 3 + j
+        self._face_tex_group = group                                                      # [F] u8
+
+    def _apply_texture(self, shade: np.ndarray, tri: np.ndarray, origin: np.ndarray,
+                       dirs: np.ndarray, t: np.ndarray) -> None:
+        """Multiply shade [M] in place by the procedural texture at the hit points.
+
+        tri [M] hit triangles, origin [3] f32, dirs [M,3] f32 unit, t [M] f32 hit distances; hit
+        points are formed only for the textured pixels (origin + d * t, the same float32 ops).
+        """
+        group = np.take(self._face_tex_group, tri)                                       # [M] u8
+        present = np.flatnonzero(np.bincount(group, minlength=3 + len(self._textured_objects)))
         kind = self.scene.style.get("floor_texture", "plain")
-        if kind == "checker":
-            tile = (np.floor(pts[floor, 0] / 0.5) + np.floor(pts[floor, 1] / 0.5)) % 2
-            factor[floor] = 0.8 + 0.25 * tile
-        elif kind == "planks":
-            factor[floor] = 0.85 + 0.15 * (np.floor(pts[floor, 0] / 0.2) % 3) / 2 + 0.04 * np.sin(pts[floor, 1] * 9)
-        wall = labels == STRUCTURE_WALL
-        factor[wall] = 0.97 + 0.03 * np.sin(pts[wall, 2] * 25.0)
-        for obj in self.scene.objects:
-            sel = labels == obj.instance_id
-            if not sel.any() or obj.texture == "plain":
+        for g in present:
+            if g == 0:
                 continue
-            local = (pts[sel] - obj.center) @ obj.rotation
-            if obj.texture == "stripes":
-                factor[sel] = 0.75 + 0.25 * (np.floor(local[:, 2] / 0.08) % 2)
-            elif obj.texture == "checker":
-                factor[sel] = 0.75 + 0.25 * ((np.floor(local[:, 0] / 0.1) + np.floor(local[:, 2] / 0.1)) % 2)
-            else:
-                factor[sel] = 0.85 + 0.15 * np.sin(local[:, 0] * 31.0) * np.sin(local[:, 1] * 23.0 + local[:, 2] * 17.0)
-        return factor
+            sel = np.flatnonzero(group == g)
+            if g == 1:                                                   # floor: x, y of the hit
+                x = origin[0] + dirs[sel, 0] * t[sel]
+                y = origin[1] + dirs[sel, 1] * t[sel]
+                if kind == "checker":
+                    factor = 0.8 + 0.25 * ((np.floor(x / 0.5) + np.floor(y / 0.5)) % 2)
+                else:                                                    # planks
+                    factor = 0.85 + 0.15 * (np.floor(x / 0.2) % 3) / 2 + 0.04 * np.sin(y * 9)
+            elif g == 2:                                                 # walls: height of the hit
+                z = origin[2] + dirs[sel, 2] * t[sel]
+                factor = 0.97 + 0.03 * np.sin(z * 25.0)
+            else:                                                        # object: its local frame
+                obj = self._textured_objects[g - 3]
+                pts = origin + dirs[sel] * t[sel, None]                                   # [m,3] f32
+                local = (pts - obj.center) @ obj.rotation                                 # [m,3] f64
+                if obj.texture == "stripes":
+                    factor = 0.75 + 0.25 * (np.floor(local[:, 2] / 0.08) % 2)
+                elif obj.texture == "checker":
+                    factor = 0.75 + 0.25 * ((np.floor(local[:, 0] / 0.1) + np.floor(local[:, 2] / 0.1)) % 2)
+                else:
+                    factor = 0.85 + 0.15 * np.sin(local[:, 0] * 31.0) * np.sin(local[:, 1] * 23.0 + local[:, 2] * 17.0)
+            shade[sel] *= factor.astype(np.float32)
 
     def _camera_rays(self, intrinsics: np.ndarray, width: int, height: int):
         """Cached unit ray directions in the camera frame [HW,3] f32 and their z-components [HW]."""
@@ -160,50 +198,81 @@ class SceneRenderer:
 
     def render(self, world_from_camera: np.ndarray, intrinsics: np.ndarray, width: int, height: int):
         """One view -> (rgb [H,W,3] uint8, depth [H,W] float32, instance [H,W] int32)."""
+        rgb = np.empty((height, width, 3), np.uint8)
+        depth = np.empty((height, width), np.float32)
+        inst = np.empty((height, width), np.int32)
+        self._render_into(world_from_camera, intrinsics, width, height, rgb, depth, inst)
+        return rgb, depth, inst
+
+    def _render_into(self, world_from_camera: np.ndarray, intrinsics: np.ndarray, width: int, height: int,
+                     rgb_out: np.ndarray, depth_out: np.ndarray, inst_out: np.ndarray) -> None:
+        """Render one view into caller-owned C-contiguous rgb [H,W,3] u8, depth [H,W] f32, inst [H,W] i32."""
         dirs_cam, cos_axis = self._camera_rays(intrinsics, width, height)          # [HW,3], [HW]
         rot = world_from_camera[:3, :3].astype(np.float32)
-        origin = world_from_camera[:3, 3].astype(np.float32)
-        dirs = np.ascontiguousarray(dirs_cam @ rot.T)                                # unit, world
-        origins = np.empty_like(dirs)
-        origins[:] = origin
-        hits = self.embree.run(origins, dirs, output=1)
-        prim = np.asarray(hits["primID"])
-        all_hit = bool((prim >= 0).all())                 # closed rooms: skip the gathers
-        ray = slice(None) if all_hit else np.flatnonzero(prim >= 0)
-        tri = prim if all_hit else prim[ray]
+        origin = world_from_camera[:3, 3].astype(np.float32)                        # [3]
+        dirs = np.ascontiguousarray(dirs_cam @ rot.T)                                # [HW,3] unit, world
         n_px = width * height
-        depth = np.zeros(n_px, np.float32)
-        inst = np.zeros(n_px, np.int32)
-        rgb = np.zeros((n_px, 3), np.float32)
-        if len(tri):
-            t = np.asarray(hits["tfar"], np.float32)[ray]
-            d = dirs[ray]
-            loc = origin + d * t[:, None]
-            depth[ray] = t * cos_axis[ray]                                            # z-depth
-            labels = self.face_label[tri]
-            inst[ray] = np.maximum(labels, 0)
-            normal = self.face_normal32[tri]
-            cos_view = np.abs(np.einsum("ij,ij->i", normal, d))
-            shade = 0.5 + 0.35 * np.abs(normal @ self.light32) + 0.15 * cos_view
-            shade *= 1.0 / (1.0 + 0.03 * t)
-            shade *= self._texture(labels, loc)
-            rgb[ray] = self._colors(labels) * shade[:, None]
-        img = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(height, width, 3)
-        return img, depth.reshape(height, width), inst.reshape(height, width)
+        # every ray starts at the camera centre: a zero-stride [HW,3] view instead of a filled copy
+        origins = np.lib.stride_tricks.as_strided(origin, shape=(n_px, 3), strides=(0, origin.itemsize))
+        hits = self.embree.run(origins, dirs, output=1)
+        prim = np.asarray(hits["primID"])                                            # [HW] i32, -1 = miss
+        t = np.asarray(hits["tfar"], np.float32)                                     # [HW]
+        rgb_flat = rgb_out.reshape(n_px, 3)
+        depth_flat = depth_out.reshape(n_px)
+        inst_flat = inst_out.reshape(n_px)
+        if bool((prim >= 0).all()):                   # closed rooms: every ray hits, no masking
+            self._shade(prim, origin, dirs, t, cos_axis, rgb_flat, depth_flat, inst_flat)
+            return
+        ray = np.flatnonzero(prim >= 0)
+        rgb_flat[:] = 0
+        depth_flat[:] = 0.0
+        inst_flat[:] = 0
+        if len(ray):
+            rgb_hit = np.empty((len(ray), 3), np.uint8)
+            depth_hit = np.empty(len(ray), np.float32)
+            inst_hit = np.empty(len(ray), np.int32)
+            self._shade(prim[ray], origin, dirs[ray], t[ray], cos_axis[ray], rgb_hit, depth_hit, inst_hit)
+            rgb_flat[ray], depth_flat[ray], inst_flat[ray] = rgb_hit, depth_hit, inst_hit
 
-    def _colors(self, labels: np.ndarray) -> np.ndarray:
-        return self._color_lut[labels + 3]
+    def _shade(self, tri: np.ndarray, origin: np.ndarray, dirs: np.ndarray, t: np.ndarray, cos_axis: np.ndarray,
+               rgb_out: np.ndarray, depth_out: np.ndarray, inst_out: np.ndarray) -> None:
+        """Shade M hits: tri [M] triangles, dirs [M,3], t [M], cos_axis [M] -> rgb_out [M,3] u8, depth_out, inst_out.
+
+        shade = (0.5 + 0.35 |n.l| + 0.15 |n.d|) / (1 + 0.03 t) * texture;  rgb = colour * shade.
+        """
+        tri = tri.astype(np.intp)                         # one index conversion for all the gathers
+        np.multiply(t, cos_axis, out=depth_out)                                      # z-depth
+        np.take(self._face_instance, tri, out=inst_out)
+        nx, ny, nz = self._face_normal_xyz
+        cos_view = np.take(nx, tri) * dirs[:, 0]                                     # |n.d|, [M] f32
+        cos_view += np.take(ny, tri) * dirs[:, 1]
+        cos_view += np.take(nz, tri) * dirs[:, 2]
+        np.abs(cos_view, out=cos_view)
+        cos_view *= np.float32(0.15)
+        shade = np.take(self._face_light, tri)
+        shade += cos_view
+        atten = np.float32(0.03) * t
+        atten += np.float32(1.0)
+        np.divide(np.float32(1.0), atten, out=atten)
+        shade *= atten
+        self._apply_texture(shade, tri, origin, dirs, t)
+        rgb = np.take(self._face_rgb, tri, axis=0)                                   # [M,3] f32
+        rgb *= shade[:, None]
+        np.clip(rgb, 0.0, 1.0, out=rgb)
+        rgb *= np.float32(255.0)
+        rgb += np.float32(0.5)
+        np.copyto(rgb_out, rgb, casting="unsafe")                                    # truncation, as astype
 
     def render_video(self, width: int = 640, height: int = 480, poses: Optional[np.ndarray] = None,
                      hfov_deg: float = 66.0) -> RenderedVideo:
         poses = self.scene.world_from_camera if poses is None else poses
         K = intrinsics_for(width, height, hfov_deg)
         n = len(poses)
-        rgb = np.zeros((n, height, width, 3), np.uint8)
-        depth = np.zeros((n, height, width), np.float32)
-        inst = np.zeros((n, height, width), np.int32)
+        rgb = np.empty((n, height, width, 3), np.uint8)
+        depth = np.empty((n, height, width), np.float32)
+        inst = np.empty((n, height, width), np.int32)
         for i, pose in enumerate(poses):
-            rgb[i], depth[i], inst[i] = self.render(pose, K, width, height)
+            self._render_into(pose, K, width, height, rgb[i], depth[i], inst[i])
         return RenderedVideo(rgb, depth, inst, K, np.linalg.inv(poses), poses.copy())
 
 
