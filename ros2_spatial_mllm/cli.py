@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="print tracebacks on errors")
     ask_parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     ask_parser.add_argument("--dtype", default=None, help="model dtype, e.g. float32, bfloat16")
+    ask_parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
+                            help="runtime of the encoders and connector (default: torch)")
+    ask_parser.add_argument("--onnx-dir", default="",
+                            help="exported ONNX folder (spatial-mllm-engines export), for onnxruntime/tensorrt")
+    ask_parser.add_argument("--engine-cache-dir", default="", help="TensorRT engine cache folder")
+    ask_parser.add_argument("--engine-precision", default="fp16", help="TensorRT engine precision (default: fp16)")
+    ask_parser.add_argument("--allow-engine-build", action="store_true",
+                            help="build a missing TensorRT engine now (minutes) instead of failing")
     return parser
 
 
@@ -157,7 +165,13 @@ def ask(args: argparse.Namespace) -> dict:
     except (RuntimeError, ValueError):
         raise UsageError(f"--device: not a torch device: {args.device!r} (e.g. cpu, cuda, cuda:0)") from None
 
-    model = SpatialMLLM.load(args.model, preset=args.preset, device=args.device, dtype=args.dtype)
+    if args.backend != "torch" and not args.onnx_dir:
+        raise UsageError(f"--backend {args.backend} needs --onnx-dir (spatial-mllm-engines export)")
+    model = SpatialMLLM.load(args.model, preset=args.preset, device=args.device, dtype=args.dtype,
+                             backend=args.backend,
+                             backend_options={"onnx_dir": args.onnx_dir, "engine_cache_dir": args.engine_cache_dir,
+                                              "engine_precision": args.engine_precision,
+                                              "allow_engine_build": args.allow_engine_build})
     timings["load_model"] = (time.perf_counter() - lap) * 1000.0
     try:
         from ros2_spatial_mllm import sampling

@@ -121,7 +121,8 @@ class SpatialMllmNode(LifecycleNode):
         self._state_label = "activating"
         ok = self.engine.load(model=config.model_path or None, preset=config.model_preset,
                               device=_resolve_device(config.device),
-                              dtype=None if config.dtype == "auto" else config.dtype)
+                              dtype=None if config.dtype == "auto" else config.dtype,
+                              backend=config.backend, backend_options=config.backend_options())
         if not ok:
             self._model_info = {"error": self.engine.state_error}
             self._state_label = "inactive"

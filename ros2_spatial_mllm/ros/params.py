@@ -15,6 +15,8 @@ IMAGE_TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
 GEOMETRY_SOURCES = ("auto", "sensor", "model", "none")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 
 def _p(default, description: str, **constraints):
@@ -31,6 +33,13 @@ class NodeConfig:
     model_preset: str = _p("tiny", "preset name used when model_path is empty")
     device: str = _p("cpu", "torch device: cpu, cuda, cuda:0, ... (auto = cuda if available)")
     dtype: str = _p("auto", "model dtype", choices=DTYPES)
+    backend: str = _p("torch", "runtime of the 2D/spatial encoders and connector", choices=BACKENDS)
+    onnx_dir: str = _p("", "exported ONNX folder (spatial-mllm-engines export); needed by "
+                       "onnxruntime and tensorrt")
+    engine_cache_dir: str = _p("", "TensorRT engine cache; empty = the engines package default")
+    engine_precision: str = _p("fp16", "TensorRT engine precision", choices=ENGINE_PRECISIONS)
+    allow_engine_build: bool = _p(False, "build a missing TensorRT engine at activate (minutes); "
+                                  "false = fail activate with the cache's reason")
     # image input
     image_topic: str = _p("image", "image topic (relative names remap cleanly); with "
                           "image_transport=compressed the node subscribes to <image_topic>/compressed")
@@ -127,11 +136,18 @@ class NodeConfig:
                 problems.append(f"{f.name}={value!r} outside [{meta['min']}, {meta['max']}]")
         if not self.image_topic.strip():
             problems.append("image_topic must not be empty")
+        if self.backend != "torch" and not self.onnx_dir:
+            problems.append(f"backend={self.backend} needs onnx_dir")
         if self.geometry_source == "sensor" and not (self.depth_topic and self.camera_info_topic):
             problems.append("geometry_source=sensor needs depth_topic and camera_info_topic")
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
         return self
+
+    def backend_options(self) -> dict:
+        """Keyword options for SpatialMLLM.load(backend_options=...)."""
+        return {"onnx_dir": self.onnx_dir, "engine_cache_dir": self.engine_cache_dir,
+                "engine_precision": self.engine_precision, "allow_engine_build": self.allow_engine_build}
 
     @property
     def buffer_max_bytes(self) -> int:

@@ -138,6 +138,9 @@ def test_fewer_frames_than_asked_is_an_error_by_default(png_folder):
     (["ask", "--video", "{video}", "--question", "q?", "--sampling", "random"], "invalid choice"),
     (["ask", "--video", "{video}", "--question", "q?", "--model", "/nonexistent/model"], "local checkpoint"),
     (["ask", "--video", "{video}", "--question", "q?", "--unit", "furlong"], "unknown unit"),
+    (["ask", "--video", "{video}", "--question", "q?", "--backend", "onnxruntime"], "needs --onnx-dir"),
+    (["ask", "--video", "{video}", "--question", "q?", "--backend", "onnxruntime", "--onnx-dir", "/nonexistent"],
+     "/nonexistent"),
     (["ask", "--question", "q?"], "--video"),
     ([], "missing command"),
 ])
