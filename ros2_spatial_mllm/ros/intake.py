@@ -147,6 +147,7 @@ class FrameIntake:
                     or len(self._pending) > self.max_pending):
                 return
             self._pending.popleft()
+            self.logger.info(f"DBG push {frame.stamp_ns} depth={depth is not None} pose={pose is not None} info={self._camera_info is not None} force={force} waited={now-arrived:.3f} pend={len(self._pending)} ndepth={len(self._depth._items)} nposes={len(self._poses._items)}")
             self._push(frame, depth, pose)
 
     def _push(self, frame: Frame, depth, pose) -> None:
