@@ -149,12 +149,14 @@ def main(argv=None) -> int:
     parser.add_argument("--buffer-mb", type=float, default=160.0, help="node buffer_max_mb")
     parser.add_argument("--keyframe-interval", type=float, default=0.1, help="node keyframe_min_interval_s")
     parser.add_argument("--num-frames", type=int, default=8, help="frames per answer")
+    parser.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable",
+                        help="node image QoS reliability (the camera publisher is reliable)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json", help="JSON output")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     width, height = (int(v) for v in args.size.lower().split("x"))
     result = run_soak(args.duration, args.rate, (width, height), args.ask_period, args.warmup, args.buffer_mb,
-                      args.keyframe_interval, args.num_frames)
+                      args.keyframe_interval, args.num_frames, qos_reliability=args.qos)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -50,6 +50,42 @@ _RAW_LAYOUTS: dict[str, tuple[str, int, tuple[int, ...] | None]] = {
 }
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "mono16", "16UC1", "32FC1")
 _MAX_SIDE = 1 << 15  # 32768 px: larger sides are treated as a corrupt header
+# Compressed payloads are size-checked from their headers BEFORE decoding: a 40 kB PNG can declare
+# 36 MP and cost ~0.5 GB and seconds inside a subscription callback. 2**25 px (33.5 MP) admits 8K UHD.
+MAX_COMPRESSED_PIXELS = 1 << 25
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_image_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG's IHDR or a JPEG's SOF marker; None if not found."""
+    if raw.startswith(_PNG_MAGIC):
+        if len(raw) < 24 or raw[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    pos = 2  # after SOI: walk the marker segments up to the frame header
+    while pos + 9 <= len(raw):
+        if raw[pos] != 0xFF:
+            return None
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_SOF:
+            return int.from_bytes(raw[pos + 7:pos + 9], "big"), int.from_bytes(raw[pos + 5:pos + 7], "big")
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        pos += 2 + int.from_bytes(raw[pos + 2:pos + 4], "big")
+    return None
+
+
+def _check_compressed_size(raw: bytes, kind: str) -> None:
+    size = compressed_image_size(raw)
+    if size is None:
+        raise ImageDecodeError(f"corrupt {kind} data ({len(raw)} bytes): no image size in its header")
+    width, height = size
+    if width == 0 or height == 0 or width * height > MAX_COMPRESSED_PIXELS:
+        raise ImageDecodeError(f"refusing {kind} of {width}x{height} px before decoding "
+                               f"(limit {MAX_COMPRESSED_PIXELS} px)")
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 _PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
 _DEPTH_HEADER = struct.Struct("<iff")  # compressedDepth ConfigHeader: format enum, depthQuantA, B
@@ -179,6 +215,7 @@ def decode_compressed(format: str, data) -> np.ndarray:  # noqa: A002 - ROS fiel
         raise ImageDecodeError(
             f"unsupported or corrupt compressed image (format {format!r}): "
             f"bytes start with {raw[:4].hex()}, expected JPEG ffd8 or PNG 89504e47")
+    _check_compressed_size(raw, kind)
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageDecodeError(f"corrupt {kind} data ({len(raw)} bytes): OpenCV could not decode it")
@@ -198,6 +235,7 @@ def _decode_compressed_depth(fmt: str, raw: bytes) -> np.ndarray:
     png = raw[_DEPTH_HEADER.size:]
     if not png.startswith(_PNG_MAGIC):
         raise ImageDecodeError("corrupt compressedDepth: payload after the 12-byte header is not PNG")
+    _check_compressed_size(png, "compressedDepth PNG")
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.ndim != 2 or image.dtype != np.uint16:
         raise ImageDecodeError("corrupt compressedDepth PNG (expected a 16-bit single-channel image)")

@@ -12,12 +12,15 @@ configures and activates at start-up.
 Interfaces (all relative names, remap freely):
     sub  image | image/compressed (sensor_msgs/Image | CompressedImage; sensor-data QoS default)
     sub  depth_topic, camera_info_topic, odom_topic (optional, for sensor geometry)
+    sub  /tf, /tf_static tf2_msgs/TFMessage (only with tf_world_frame set: camera poses from TF)
     srv  ~/ask     ros2_spatial_mllm/srv/AskSpatial      (quick questions)
     act  ~/ask     ros2_spatial_mllm/action/AskSpatial   (feedback per token, cancel)
     pub  ~/answers ros2_spatial_mllm/msg/SpatialAnswer   (every query outcome)
     pub  /diagnostics diagnostic_msgs/DiagnosticArray    (diagnostics_period_s)
 Service and action callbacks run on a ReentrantCallbackGroup under a MultiThreadedExecutor;
 the QueryEngine serialises model runs, answers BUSY past its queue and TIMEOUT past deadlines.
+Every input subscription has its own mutually exclusive callback group, so one topic's backlog
+(a burst) never starves the others; FrameIntake pairs frames with depth/pose by stamp.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from ros2_spatial_mllm.ros import convert
 from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
 from ros2_spatial_mllm.ros.intake import FrameIntake
 from ros2_spatial_mllm.ros.params import NodeConfig
+from ros2_spatial_mllm.ros.tf_input import TF_QOS, TF_STATIC_QOS, import_tf_message
 from ros2_spatial_mllm.srv import AskSpatial
 
 NODE_NAME = "spatial_mllm_node"
@@ -87,6 +91,15 @@ class SpatialMllmNode(LifecycleNode):
         except ValueError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        tf_message = None
+        if config.tf_world_frame.strip():
+            tf_message = import_tf_message()
+            if tf_message is None:
+                self.get_logger().error(
+                    "configure failed: tf_world_frame is set but tf2_msgs is not importable "
+                    "(on a dev machine run scripts/build_interfaces.sh, which builds a minimal "
+                    "tf2_msgs; on a robot install ros-<distro>-tf2-msgs)")
+                return TransitionCallbackReturn.FAILURE
         self.config = config
         self.buffer = FrameBuffer(
             max_frames=config.buffer_max_frames, max_bytes=config.buffer_max_bytes,
@@ -95,25 +108,34 @@ class SpatialMllmNode(LifecycleNode):
             min_rotation_deg=config.keyframe_min_rotation_deg,
             max_interval_s=config.keyframe_max_interval_s)
         self.engine = QueryEngine(self.buffer, _engine_config(config))
-        if config.geometry_source != "none":
-            from ros2_spatial_mllm.geometry_worker import GeometryWorker
-            self.geometry = GeometryWorker(
-                self.buffer, model_provider=lambda: self.engine.model if self.engine else None,
-                model_lock=self.engine.model_lock,
-                use_sensor=config.geometry_source in ("auto", "sensor"),
-                use_model=config.geometry_source in ("auto", "model"))
-            self.engine.geometry = self.geometry
         self.intake = FrameIntake(self.buffer, self.get_logger(), config.sync_tolerance_s,
                                   config.odom_child_is_optical, expect_depth=bool(config.depth_topic),
                                   expect_pose=bool(config.odom_topic),
-                                  expect_info=bool(config.camera_info_topic))
-        self._create_input_subscriptions(config)
+                                  expect_info=bool(config.camera_info_topic),
+                                  depth_wait_s=config.sync_max_wait_s, max_pending=config.sync_queue_size,
+                                  tf_world_frame=config.tf_world_frame, camera_frame=config.camera_frame,
+                                  tf_cache_s=config.tf_cache_s)
+        if config.geometry_source != "none":
+            from ros2_spatial_mllm.geometry_worker import GeometryWorker
+            use_sensor = config.geometry_source in ("auto", "sensor")
+            late = (use_sensor and config.sync_late_pairing_s > 0 and bool(config.depth_topic)
+                    and bool(config.camera_info_topic) and bool(config.odom_topic or tf_message))
+            self.geometry = GeometryWorker(
+                self.buffer, model_provider=lambda: self.engine.model if self.engine else None,
+                model_lock=self.engine.model_lock, use_sensor=use_sensor,
+                use_model=config.geometry_source in ("auto", "model"),
+                sensor_lookup=self.intake.sensor_lookup if late else None,
+                sensor_wait_s=config.sync_late_pairing_s)
+            self.engine.geometry = self.geometry
+        self._create_input_subscriptions(config, tf_message)
         self._state_label = "inactive"
         self.get_logger().info(
             f"configured: input {config.image_transport} '{self._image_topic(config)}' "
             f"({config.qos_reliability}, depth {config.qos_depth}), buffer "
             f"{config.buffer_max_frames} frames / {config.buffer_max_mb:g} MiB, geometry "
-            f"{config.geometry_source}, model {config.model_path or config.model_preset} on {config.device}")
+            f"{config.geometry_source}, model {config.model_path or config.model_preset} on {config.device}"
+            + (f", poses from TF {config.tf_world_frame} <- {config.camera_frame or '<image frame_id>'}"
+               if tf_message is not None else ""))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -186,26 +208,29 @@ class SpatialMllmNode(LifecycleNode):
         topic = config.image_topic.rstrip("/")
         return f"{topic}/compressed" if config.image_transport == "compressed" else topic
 
-    def _create_input_subscriptions(self, config: NodeConfig) -> None:
+    def _create_input_subscriptions(self, config: NodeConfig, tf_message=None) -> None:
+        """One mutually exclusive group per subscription: each topic's callbacks stay in order,
+        topics run side by side (a burst on one topic does not starve the others)."""
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth,
             reliability=(ReliabilityPolicy.BEST_EFFORT if config.qos_reliability == "best_effort"
                          else ReliabilityPolicy.RELIABLE),
             durability=qos_profile_sensor_data.durability)
-        group = MutuallyExclusiveCallbackGroup()
         image_type = CompressedImage if config.image_transport == "compressed" else Image
-        subs = [self.create_subscription(image_type, self._image_topic(config), self.intake.on_image,
-                                         qos, callback_group=group)]
+        wanted = [(image_type, self._image_topic(config), self.intake.on_image, qos)]
         if config.depth_topic:
-            subs.append(self.create_subscription(Image, config.depth_topic, self.intake.on_depth, qos,
-                                                 callback_group=group))
+            wanted.append((Image, config.depth_topic, self.intake.on_depth, qos))
         if config.camera_info_topic:
-            subs.append(self.create_subscription(CameraInfo, config.camera_info_topic,
-                                                 self.intake.on_camera_info, qos, callback_group=group))
+            wanted.append((CameraInfo, config.camera_info_topic, self.intake.on_camera_info, qos))
         if config.odom_topic:
-            subs.append(self.create_subscription(Odometry, config.odom_topic, self.intake.on_odometry,
-                                                 QoSProfile(depth=50), callback_group=group))
-        self._subscriptions_in = subs
+            wanted.append((Odometry, config.odom_topic, self.intake.on_odometry, QoSProfile(depth=50)))
+        if tf_message is not None:
+            wanted.append((tf_message, "/tf", self.intake.on_tf, TF_QOS))
+            wanted.append((tf_message, "/tf_static", self.intake.on_tf_static, TF_STATIC_QOS))
+        self._subscriptions_in = [
+            self.create_subscription(msg_type, topic, callback, sub_qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
+            for msg_type, topic, callback, sub_qos in wanted]
 
     # ------------------------------------------------------------------ queries
     def _not_ready(self) -> QueryResponse:
@@ -348,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = SpatialMllmNode()
         executor = MultiThreadedExecutor(
-            num_threads=int(node.get_parameter("query_queue_size").value) + 4)
+            num_threads=int(node.get_parameter("query_queue_size").value) + 8)
         executor.add_node(node)
         if node.get_parameter("autostart").value:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:

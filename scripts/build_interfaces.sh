@@ -20,7 +20,13 @@
 #      typesupport dispatch looks for them);
 #   4. drops a .pth + tiny import hook into site-packages that serves ros2_spatial_mllm.msg/srv/
 #      action and the generated typesupport extension modules from the install tree.
-# On a robot none of this is used: `colcon build` builds CMakeLists.txt directly.
+#   5. tf2_msgs: when `import tf2_msgs.msg` fails (the Kilted wheels ship none), builds the
+#      minimal stand-in in third_party/tf2_msgs (msg/TFMessage only, the real definition) the same
+#      way into build/tf2_msgs/install, symlinks its libraries into $VENV/lib and adds its
+#      site-packages with _spatial_mllm_tf2_msgs.pth. A tf2_msgs from elsewhere wins (the .pth is
+#      then removed). TF2_MSGS=skip disables this step.
+# On a robot none of this is used: `colcon build` builds CMakeLists.txt directly (third_party/ has
+# COLCON_IGNORE; the system tf2_msgs is a package.xml dependency).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -111,22 +117,96 @@ assert deserialize_message(serialize_message(m), SpatialAnswer).options == ["a"]
 PYEOF
 }
 
+TF2_SRC="$ROOT/third_party/tf2_msgs"
+TF2_BUILD="$ROOT/build/tf2_msgs"
+TF2_PREFIX="$TF2_BUILD/install"
+TF2_SITE="$TF2_PREFIX/lib/python$PYVER/site-packages"
+TF2_PTH="$SITE/_spatial_mllm_tf2_msgs.pth"
+
+# Where tf2_msgs imports from ("" = nowhere).
+tf2_origin() { "$PY" -c 'import tf2_msgs.msg as m; print(m.__file__)' 2>/dev/null || true; }
+
+tf2_stamp_now() {
+  { echo "$PYVER $VENV"; cat "$ROOT/scripts/build_interfaces.sh" "$TF2_SRC"/CMakeLists.txt \
+      "$TF2_SRC"/package.xml "$TF2_SRC"/msg/*.msg; } | sha256sum | cut -d' ' -f1
+}
+
+tf2_install_hooks() {
+  local lib
+  for lib in "$TF2_PREFIX"/lib/libtf2_msgs__*.so; do
+    ln -sfn "$lib" "$VENV/lib/$(basename "$lib")"
+  done
+  echo "$TF2_SITE" > "$TF2_PTH"
+}
+
+build_tf2_msgs() {
+  [ "${TF2_MSGS:-}" = "skip" ] && return 0
+  local origin
+  origin="$(tf2_origin)"
+  if [ -n "$origin" ] && [ "${origin#"$TF2_PREFIX"}" = "$origin" ]; then
+    rm -f "$TF2_PTH"   # a real tf2_msgs is installed: use it
+    echo "build_interfaces: tf2_msgs provided by $(dirname "$(dirname "$origin")")"
+    return 0
+  fi
+  local stamp
+  stamp="$(tf2_stamp_now)"
+  if [ -f "$TF2_BUILD/.stamp" ] && [ "$(cat "$TF2_BUILD/.stamp")" = "$stamp" ] && [ -d "$TF2_SITE/tf2_msgs/msg" ]; then
+    tf2_install_hooks
+    echo "build_interfaces: tf2_msgs stand-in up to date"
+    return 0
+  fi
+  mkdir -p "$TF2_BUILD"
+  echo "build_interfaces: building the tf2_msgs stand-in ($TF2_BUILD)"
+  cmake -S "$TF2_SRC" -B "$TF2_BUILD" "${GENERATOR[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$TF2_PREFIX" -DCMAKE_PREFIX_PATH="$VENV" \
+    -DCMAKE_PROJECT_INCLUDE="$BUILD/fix_wheel_include_dirs.cmake" -DBUILD_TESTING=OFF \
+    -DPython3_EXECUTABLE="$PY" -DPython3_FIND_VIRTUALENV=ONLY -DPYTHON_EXECUTABLE="$PY" \
+    -DPython3_INCLUDE_DIR="$PY_INCLUDE" -DPython3_NumPy_INCLUDE_DIR="$NP_INCLUDE" \
+    > "$TF2_BUILD/configure.log" 2>&1 || { tail -40 "$TF2_BUILD/configure.log" >&2; die "tf2_msgs configure failed (log: $TF2_BUILD/configure.log)"; }
+  cmake --build "$TF2_BUILD" -j "$JOBS" > "$TF2_BUILD/build.log" 2>&1 \
+    || { tail -40 "$TF2_BUILD/build.log" >&2; die "tf2_msgs build failed (log: $TF2_BUILD/build.log)"; }
+  cmake --install "$TF2_BUILD" > "$TF2_BUILD/install.log" 2>&1 \
+    || { tail -20 "$TF2_BUILD/install.log" >&2; die "tf2_msgs install failed (log: $TF2_BUILD/install.log)"; }
+  tf2_install_hooks
+  "$PY" - <<'PYEOF' || die "the tf2_msgs stand-in does not import (see above)"
+from tf2_msgs.msg import TFMessage
+from geometry_msgs.msg import TransformStamped
+from rclpy.type_support import check_for_type_support
+from rclpy.serialization import serialize_message, deserialize_message
+check_for_type_support(TFMessage)
+m = TFMessage(transforms=[TransformStamped(child_frame_id="c")])
+assert deserialize_message(serialize_message(m), TFMessage).transforms[0].child_frame_id == "c"
+PYEOF
+  echo "$stamp" > "$TF2_BUILD/.stamp"
+  echo "build_interfaces: built the tf2_msgs stand-in ($TF2_SITE)"
+}
+
 if [ "$MODE" = "--check" ]; then
   [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && [ -d "$GEN_PY/srv" ] \
-    && import_check && { echo "build_interfaces: up to date"; exit 0; }
+    && import_check && [ -n "$(tf2_origin)" -o "${TF2_MSGS:-}" = "skip" ] \
+    && { echo "build_interfaces: up to date"; exit 0; }
   echo "build_interfaces: not built or out of date" >&2; exit 1
 fi
 if [ "$MODE" = "--force" ]; then rm -rf "$BUILD"; fi
 
+PY_INCLUDE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+NP_INCLUDE="$("$PY" -c 'import numpy; print(numpy.get_include())')"
+JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+export PATH="$VENV/bin:$PATH"
+export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+export LD_LIBRARY_PATH="$VENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
 if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && [ -d "$GEN_PY/srv" ]; then
   install_hooks
   echo "build_interfaces: up to date ($GEN_PY)"
+  GENERATOR=()
+  if command -v ninja >/dev/null && [ ! -f "$TF2_BUILD/CMakeCache.txt" ]; then GENERATOR=(-G Ninja); fi
+  build_tf2_msgs
   exit 0
 fi
 
 mkdir -p "$BUILD"
-PY_INCLUDE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-NP_INCLUDE="$("$PY" -c 'import numpy; print(numpy.get_include())')"
 [ -f "$PY_INCLUDE/Python.h" ] || die "Python.h not found in $PY_INCLUDE (install the Python dev headers)"
 
 # 1. the fix for the wheels' exported include directories, applied after every project() call:
@@ -191,12 +271,6 @@ CMEOF
 
 GENERATOR=()
 if command -v ninja >/dev/null && [ ! -f "$BUILD/CMakeCache.txt" ]; then GENERATOR=(-G Ninja); fi
-JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
-
-export PATH="$VENV/bin:$PATH"
-export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
-export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-export LD_LIBRARY_PATH="$VENV/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "build_interfaces: configuring ($BUILD)"
 cmake -S "$ROOT" -B "$BUILD" "${GENERATOR[@]}" \
@@ -221,3 +295,6 @@ install_hooks
 import_check || die "generated interfaces do not import (see above)"
 echo "$STAMP" > "$STAMP_FILE"
 echo "build_interfaces: built and installed ($GEN_PY)"
+GENERATOR=()
+if command -v ninja >/dev/null && [ ! -f "$TF2_BUILD/CMakeCache.txt" ]; then GENERATOR=(-G Ninja); fi
+build_tf2_msgs

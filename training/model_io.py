@@ -244,8 +244,12 @@ class ExampleEncoder:
         return self.prompt_inputs(self.record_frames(rec), rec)
 
     def encode_sft(self, rec: dict) -> dict:
+        """Prompt + answer with answer-only labels; a bounded FIFO cache (data.cache_examples,
+        default 256: one 8-frame example holds ~2 MB of pixels) avoids re-reading hot records."""
         key = id(rec)
         if key not in self._cache:
+            if len(self._cache) >= int(self.data_cfg.get("cache_examples", 256)):
+                self._cache.pop(next(iter(self._cache)))
             prompt = self.encode_prompt(rec)
             answer = self.answer_ids(rec)
             ids, labels = answer_only_labels(prompt["input_ids"], answer)

@@ -60,6 +60,21 @@ class NodeConfig:
                               choices=GEOMETRY_SOURCES)
     sync_tolerance_s: float = _p(0.05, "max stamp difference when pairing depth/odometry with a "
                                  "colour frame", min=0.0, max=10.0)
+    sync_max_wait_s: float = _p(1.0, "a colour frame waits at most this long (wall time) for its "
+                                "depth/pose/camera_info before entering the buffer without them",
+                                min=0.0, max=60.0)
+    sync_queue_size: int = _p(32, "colour frames waiting for their depth/pose at most; the oldest "
+                              "goes to the buffer unpaired beyond this", min=1, max=10000)
+    sync_late_pairing_s: float = _p(5.0, "a frame that entered the buffer without depth/pose still "
+                                    "gets sensor geometry if they arrive (by stamp) within this "
+                                    "time; the geometry worker waits that long before the model "
+                                    "path (0 = off)", min=0.0, max=60.0)
+    tf_world_frame: str = _p("", "fixed frame of TF poses (odom, map, ...); set = the camera pose "
+                             "of each frame comes from /tf + /tf_static (tf2_msgs) as "
+                             "lookup(tf_world_frame, camera frame, stamp); empty = TF off")
+    camera_frame: str = _p("", "TF frame of the colour camera, an optical frame (z forward, x "
+                           "right); empty = the image header's frame_id")
+    tf_cache_s: float = _p(10.0, "TF history kept per transform, seconds", min=0.1, max=3600.0)
     # frame buffer (keyframes)
     buffer_max_frames: int = _p(256, "frames kept in the ring buffer", min=1, max=100000)
     buffer_max_mb: float = _p(512.0, "bytes kept in the ring buffer, MiB", min=1.0, max=1.0e6)
@@ -140,6 +155,8 @@ class NodeConfig:
             problems.append(f"backend={self.backend} needs onnx_dir")
         if self.geometry_source == "sensor" and not (self.depth_topic and self.camera_info_topic):
             problems.append("geometry_source=sensor needs depth_topic and camera_info_topic")
+        if self.tf_world_frame.strip() and self.odom_topic:
+            problems.append("set either odom_topic or tf_world_frame as the pose source, not both")
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
         return self

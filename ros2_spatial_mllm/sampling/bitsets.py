@@ -4,7 +4,10 @@ Voxel id ``j`` is bit ``j & 63`` of word ``j >> 6``. A set of ids becomes *spars
 indices of its non-zero words (increasing) and their uint64 values. Building them is one sort
 (skipped when the ids are already sorted, as they are wherever ids come from sorted keys), a
 neighbour compare and ``np.bitwise_or.reduceat`` over the runs of equal word index (OR, so
-duplicate ids are harmless). A bit matrix ``[N, W]`` is then one scatter of every frame's words.
+duplicate ids are harmless). ``pack_voxel_sets`` does that on batches of frames (~32k ids each,
+so temporaries stay small) and scatters each batch's words into the bit matrix ``[N, W]``;
+``pack_used_words`` keeps only the word columns in use, so ids may come from a huge sparse space
+(e.g. a linearised voxel grid) without a dense id table.
 
 ``VoxelIndex`` keeps each frame's sparse words (in its vocabulary's id space) and only stacks
 them at query time (``stack_sparse_rows``), dropping word columns no queried frame uses; the
@@ -14,15 +17,18 @@ a selection.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SparseWords", "sparse_words", "pack_voxel_sets", "stack_sparse_rows"]
+from ros2_spatial_mllm.sampling.voxels import sorted_unique
+
+__all__ = ["SparseWords", "sparse_words", "pack_voxel_sets", "pack_used_words", "stack_sparse_rows"]
 
 SparseWords = Tuple[np.ndarray, np.ndarray]  # (word indices int64 [M] increasing, bits uint64 [M])
 
 _ONE = np.uint64(1)
+_CHUNK = 1 << 15  # ids packed per batch (256 KiB int64 temporaries; fresh multi-MB ones page-fault)
 
 
 def sparse_words(bit_positions: np.ndarray) -> SparseWords:
@@ -33,7 +39,10 @@ def sparse_words(bit_positions: np.ndarray) -> SparseWords:
     Returns:
         (word indices int64 [M] strictly increasing, word values uint64 [M], all non-zero).
     """
-    return _sparse_words_inplace(np.array(bit_positions, dtype=np.int64).reshape(-1))
+    positions = np.array(bit_positions, dtype=np.int64).reshape(-1)  # own copy: overwritten below
+    if positions.size and positions.min() < 0:
+        raise ValueError(f"bit positions must be >= 0, got {positions.min()}")
+    return _sparse_words_inplace(positions)
 
 
 def _sparse_words_inplace(positions: np.ndarray) -> SparseWords:
@@ -53,6 +62,43 @@ def _sparse_words_inplace(positions: np.ndarray) -> SparseWords:
     return positions[starts], np.bitwise_or.reduceat(bits, starts)
 
 
+def frame_batches(arrays: Sequence[np.ndarray]) -> Iterator[Tuple[int, int, np.ndarray]]:
+    """(first frame, stop frame, their values concatenated [T]) for consecutive frames holding
+    about ``_CHUNK`` values together (never empty; a bigger frame is a batch of its own). Small
+    batches keep temporaries cache-resident: fresh multi-MB arrays cost page faults."""
+    sizes = [a.size for a in arrays]
+    n, row = len(arrays), 0
+    while row < n:
+        stop, total = row, 0
+        while stop < n and (total == 0 or total + sizes[stop] <= _CHUNK):
+            total += sizes[stop]
+            stop += 1
+        if total:
+            yield row, stop, np.concatenate(arrays[row:stop])
+        row = stop
+
+
+def _batch_words(ids_per_frame: Sequence[np.ndarray], num_ids: int, words: int,
+                 to_ids: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Iterator[SparseWords]:
+    """Sparse words of the flat ``[N * words]`` matrix (row r's bits start at ``r * 64 * words``),
+    one batch of frames at a time; ``to_ids`` maps a batch's values [T] to ids [T] (in place ok)."""
+    arrays = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in ids_per_frame]
+    sizes = [a.size for a in arrays]
+    for row, stop, positions in frame_batches(arrays):  # [T] ids, then flat bit positions
+        if to_ids is not None:
+            positions = to_ids(positions)
+        low, high = positions.min(), positions.max()
+        if low < 0 or high >= num_ids:
+            raise ValueError(f"voxel ids must lie in [0, {num_ids}), got [{low}, {high}]")
+        start = 0
+        for frame in range(row, stop):  # per-frame offsets keep sorted rows sorted
+            end = start + sizes[frame]
+            if frame and end > start:
+                positions[start:end] += frame * words * 64
+            start = end
+        yield _sparse_words_inplace(positions)
+
+
 def pack_voxel_sets(ids_per_frame: Sequence[np.ndarray], num_voxels: int) -> np.ndarray:
     """Bit matrix of voxel sets.
 
@@ -68,21 +114,39 @@ def pack_voxel_sets(ids_per_frame: Sequence[np.ndarray], num_voxels: int) -> np.
     n = len(ids_per_frame)
     words = max(1, -(-int(num_voxels) // 64))
     packed = np.zeros(n * words, dtype=np.uint64)  # [N * W]
-    arrays = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in ids_per_frame]
-    ends = np.cumsum([a.size for a in arrays])  # [N]
-    if n and ends[-1]:
-        positions = np.concatenate(arrays)  # [T] ids, then bit positions in the flat matrix
-        low, high = positions.min(), positions.max()
-        if low < 0 or high >= num_voxels:
-            raise ValueError(f"voxel ids must lie in [0, {num_voxels}), got [{low}, {high}]")
-        start = 0
-        for row, end in enumerate(ends.tolist()):  # row r's bits start at r * 64W: stays sorted
-            if row and end > start:
-                positions[start:end] += row * words * 64
-            start = end
-        word_index, word_bits = _sparse_words_inplace(positions)
+    for word_index, word_bits in _batch_words(ids_per_frame, num_voxels, words):
         packed[word_index] = word_bits
     return packed.reshape(n, words)
+
+
+def pack_used_words(ids_per_frame: Sequence[np.ndarray], num_ids: int,
+                    to_ids: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+    """Bit matrix of voxel sets in a sparse id space, keeping only the word columns in use.
+
+    Args:
+        ids_per_frame: N arrays of ids in ``[0, num_ids)`` (duplicates allowed, sorted is faster);
+            ``N * num_ids`` may be far larger than memory, only ``N * num_ids < 2**62`` is needed.
+        to_ids: optional map applied to each batch of concatenated frame values [T] -> ids [T]
+            (may work in place): the arrays then hold e.g. keys, converted batch by batch.
+    Returns:
+        uint64 ``[N, W']``, ``W'`` = words some frame uses (at least 1), in word order: popcounts
+        of any row combination equal those of ``pack_voxel_sets(ids_per_frame, num_ids)``.
+    """
+    n = len(ids_per_frame)
+    words = max(1, -(-int(num_ids) // 64))
+    if n * words * 64 >= 1 << 62:
+        raise ValueError(f"id space too large for {n} frames: {num_ids}")
+    parts = list(_batch_words(ids_per_frame, num_ids, words, to_ids))
+    if not parts:
+        return np.zeros((n, 1), dtype=np.uint64)
+    word_index = np.concatenate([p[0] for p in parts])  # [M] flat word index, r * W + word
+    word_bits = np.concatenate([p[1] for p in parts])  # [M]
+    row = word_index // words  # [M]
+    word = word_index - row * words  # [M]
+    used = sorted_unique(word)  # [W']
+    packed = np.zeros(n * used.size, dtype=np.uint64)  # [N * W']
+    packed[row * used.size + np.searchsorted(used, word)] = word_bits
+    return packed.reshape(n, used.size)
 
 
 def stack_sparse_rows(rows: Sequence[SparseWords], width: int) -> np.ndarray:

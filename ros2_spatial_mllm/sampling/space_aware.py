@@ -31,7 +31,10 @@ own picks and 0.84 for uniform; scored under the incremental voxelisation the or
 greedy is best on its own grid), so the gap is grid alignment, not lost coverage.
 
 Costs: a query with every frame's bit row cached (``VoxelIndex.select``) is a scatter of the
-cached words and the greedy loop (~1 ms for 16 of 128 frames of ~1,500 voxels each). A query at a coarsening factor not seen
+cached words and the greedy loop (~0.5 ms for 16 of 128 frames of ~1,400 voxels each). The
+stateless ``space_aware_sample`` numbers voxels by their row-major index in the keys' bounding
+box (no global sort of the keys; dense ids only when that box is astronomically large) and packs
+them batch by batch (~3-4 ms for the same frames). A query at a coarsening factor not seen
 before coarsens every queried frame once (~1 ms per frame); ``VoxelIndex.add`` precomputes the
 factor of the last query so a steady stream stays on the fast path.
 """
@@ -43,9 +46,10 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ros2_spatial_mllm.sampling.bitsets import SparseWords, sparse_words, stack_sparse_rows
+from ros2_spatial_mllm.sampling.bitsets import (SparseWords, frame_batches, pack_used_words, sparse_words,
+                                                stack_sparse_rows)
 from ros2_spatial_mllm.sampling.greedy import SamplingResult, greedy_max_coverage, pack_voxel_sets
-from ros2_spatial_mllm.sampling.voxels import KEY_LIMIT, FrameVoxels, pack_keys, sorted_unique
+from ros2_spatial_mllm.sampling.voxels import KEY_LIMIT, FrameVoxels, key_fields, pack_keys, sorted_unique
 
 __all__ = [
     "VoxelIndex",
@@ -243,23 +247,67 @@ def space_aware_sample(
     query_voxel = None
     if len(voxel_sets) > 0 and all(isinstance(v, FrameVoxels) for v in voxel_sets):
         base = voxel_sets[0].base_voxel
-        if any(not np.isclose(v.base_voxel, base) for v in voxel_sets):
+        bases = np.fromiter((v.base_voxel for v in voxel_sets), dtype=np.float64, count=len(voxel_sets))
+        if not np.isclose(bases, base).all():
             raise ValueError("all FrameVoxels must share one base_voxel")
         factor = _query_factor(voxel_sets, voxel_size, bbox_divisions)
         query_voxel = factor * base
         key_lists = [v.keys_at(factor) for v in voxel_sets]
     else:
         key_lists = [np.asarray(v, dtype=np.int64).reshape(-1) for v in voxel_sets]
-    if key_lists and sum(keys.size for keys in key_lists):
+    linear = _linear_ids(key_lists, grid=query_voxel is not None)
+    if linear is not None:  # no global sort: ids from the keys' own layout, unused words dropped
+        bits = pack_used_words(key_lists, linear[0], to_ids=linear[1])
+    elif key_lists and sum(keys.size for keys in key_lists):  # huge raw key range: dense ids
         all_keys = np.concatenate(key_lists)
         inverse = np.searchsorted(sorted_unique(all_keys), all_keys)
         ids = np.split(inverse, np.cumsum([keys.size for keys in key_lists])[:-1])
-        num_voxels = int(inverse.max()) + 1
+        bits = pack_voxel_sets(ids, int(inverse.max()) + 1)
     else:
-        ids, num_voxels = [np.zeros(0, np.int64) for _ in key_lists], 0
-    result = greedy_max_coverage(pack_voxel_sets(ids, num_voxels), k, timestamps)
+        bits = np.zeros((len(key_lists), 1), np.uint64)
+    result = greedy_max_coverage(bits, k, timestamps)
     result.voxel_size = query_voxel
     return result
+
+
+def _linear_ids(key_lists: List[np.ndarray], grid: bool):
+    """Injective ids for the frames' keys without sorting them all (greedy results depend only on
+    set sizes, so any injective numbering selects the same frames).
+
+    grid=True: packed voxel keys -> row-major index of the cell in the cells' bounding box
+    (sorted keys give sorted ids); else ``key - min(key)``. Returns (id space, map from a batch of
+    keys [T] to ids [T]) for ``pack_used_words``, or None when there are no keys or the id space
+    times N does not fit in int64 bit positions. Works batch by batch (``frame_batches``).
+    """
+    low, high = None, None
+    for _, _, keys in frame_batches(key_lists):  # one pass for the bounds: 3 fields or the key
+        fields = key_fields(keys) if grid else (keys,)
+        lows = [int(field.min()) for field in fields]
+        highs = [int(field.max()) for field in fields]
+        low = lows if low is None else [min(a, b) for a, b in zip(low, lows)]
+        high = highs if high is None else [max(a, b) for a, b in zip(high, highs)]
+    if low is None:
+        return None
+    extent = [hi - lo + 1 for lo, hi in zip(low, high)]
+    space = int(np.prod(extent, dtype=object))
+    if len(key_lists) * (space + 64) >= 1 << 61:
+        return None
+
+    def to_ids(keys: np.ndarray) -> np.ndarray:  # [T] -> [T]
+        if not grid:
+            keys -= low[0]
+            return keys
+        ids, y, z = key_fields(keys)  # ids = ((x - x0) * ny + (y - y0)) * nz + (z - z0)
+        ids -= low[0]
+        ids *= extent[1]
+        y -= low[1]
+        ids += y
+        ids *= extent[2]
+        z -= low[2]
+        ids += z
+        return ids
+
+    return space, to_ids
 
 
 def reference_space_aware_sample(

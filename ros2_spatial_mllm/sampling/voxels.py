@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ["FrameVoxels", "pack_keys", "unpack_keys", "coarsen_keys", "sorted_unique", "KEY_LIMIT"]
+__all__ = ["FrameVoxels", "pack_keys", "unpack_keys", "key_fields", "coarsen_keys", "sorted_unique", "KEY_LIMIT"]
 
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)
@@ -62,6 +62,13 @@ def unpack_keys(keys: np.ndarray) -> np.ndarray:
     cells[:, 1] = (keys >> _BITS) & _MASK
     cells[:, 2] = keys & _MASK
     return cells - _OFFSET
+
+
+def key_fields(keys: np.ndarray):
+    """The three stored fields of packed keys ``[M]`` as int64 arrays (x, y, z) ``[M]`` each: the
+    voxel indices plus ``2**20`` (no copy into an ``[M, 3]`` table; for differences of indices)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    return keys >> (2 * _BITS), (keys >> _BITS) & _MASK, keys & _MASK
 
 
 def coarsen_keys(keys: np.ndarray, factor: int) -> np.ndarray:

@@ -143,3 +143,21 @@ def test_corrupt_compressed_payloads_raise():
         decode_compressed("32FC1; compressedDepth png", bytes(40))
     with pytest.raises(ImageDecodeError, match="unsupported compressed format"):
         encode_compressed(RGB, "webp")
+
+
+def test_compressed_size_is_read_from_headers_before_decoding():
+    from ros2_spatial_mllm.image_codec import compressed_image_size
+    img = np.zeros((37, 53, 3), np.uint8)
+    for fmt in ("jpeg", "png"):
+        _, data = encode_compressed(img, fmt)
+        assert compressed_image_size(data) == (53, 37)
+
+
+def test_jpeg_declaring_too_many_pixels_is_refused():
+    _, data = encode_compressed(np.zeros((16, 16, 3), np.uint8), "jpeg")
+    raw = bytearray(data)
+    sof = next(i for i in range(2, len(raw) - 9) if raw[i] == 0xFF and raw[i + 1] in (0xC0, 0xC2))
+    raw[sof + 5:sof + 7] = (20000).to_bytes(2, "big")   # height
+    raw[sof + 7:sof + 9] = (20000).to_bytes(2, "big")   # width
+    with pytest.raises(ImageDecodeError, match="refusing JPEG of 20000x20000"):
+        decode_compressed("jpeg", bytes(raw))

@@ -17,7 +17,8 @@ from ros2_spatial_mllm.sampling import (
     pack_voxel_sets,
     space_aware_sample,
 )
-from ros2_spatial_mllm.sampling.bitsets import sparse_words, stack_sparse_rows
+from ros2_spatial_mllm.sampling.bitsets import pack_used_words, sparse_words, stack_sparse_rows
+from ros2_spatial_mllm.sampling.voxels import pack_keys
 
 
 def dense_pack(ids_per_frame, num_voxels):
@@ -87,6 +88,12 @@ def test_pack_matches_dense_reference_random_and_edges():
         packed = pack_voxel_sets(edges, num_voxels)
         assert packed.dtype == np.uint64 and packed.shape == (3, -(-num_voxels // 64))
         np.testing.assert_array_equal(packed, dense_pack(edges, num_voxels))
+    # > 32k ids in all, one frame alone bigger than a packing batch, empty frames between
+    big = [rng.integers(0, 20000, size=s) for s in (900, 0, 40000, 1500, 0, 30000, 17)] + \
+          [np.sort(rng.choice(20000, 1500, replace=False)) for _ in range(30)]
+    np.testing.assert_array_equal(pack_voxel_sets(big, 20000), dense_pack(big, 20000))
+    with pytest.raises(ValueError, match="voxel ids"):
+        pack_voxel_sets(big + [np.array([20000])], 20000)  # bad id in a later batch
     assert pack_voxel_sets([], 10).shape == (0, 1)
     np.testing.assert_array_equal(pack_voxel_sets([[], []], 0), np.zeros((2, 1), np.uint64))
     np.testing.assert_array_equal(pack_voxel_sets([[0], [5]], 6), dense_pack([[0], [5]], 6))
@@ -114,6 +121,11 @@ def test_sparse_words_and_stacking_match_dense_rows():
     used = np.flatnonzero(np.bitwise_or.reduce(dense, axis=0))  # columns some row uses
     np.testing.assert_array_equal(stacked, dense[:, used])
     assert stack_sparse_rows([sparse_words([]), sparse_words([])], 4).shape == (2, 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        sparse_words([3, -2])
+    np.testing.assert_array_equal(pack_used_words(sets, num_voxels), dense[:, used])
+    keys = [np.asarray(ids) * 1000 + 7 for ids in sets]  # a sparse space, mapped batch by batch
+    np.testing.assert_array_equal(pack_used_words(keys, 1_300_000, to_ids=lambda k: k // 1000), dense[:, used])
 
 
 # ------------------------------------------------------------------------------ greedy
@@ -147,6 +159,24 @@ def test_greedy_matches_set_reference_structured():
     assert_same_result(greedy_max_coverage(wide, 16), set_greedy(reference_sets, 16))
     empty = [np.zeros(0, np.int64)] * 7
     assert_same_result(space_aware_sample(empty, 3), set_greedy([set()] * 7, 3))
+
+
+def test_stateless_key_spaces_small_huge_and_negative():
+    raw = [[2**62, 0, 5], [5], [-(2**62), 7, 0], [], [2**62]]  # range too big for bit positions
+    assert_same_result(space_aware_sample(raw, 3), set_greedy([set(s) for s in raw], 3))
+    raw = [[-5, 3, 3, -5], [3], [10**12, -5]]  # negative and far apart keys, duplicates
+    assert_same_result(space_aware_sample(raw, 2), set_greedy([set(s) for s in raw], 2))
+    rng = np.random.default_rng(16)
+    far = 10**6  # cells +-1e6 apart on all axes: the grid box is too big, dense ids are used
+    cells = [rng.integers(-far, far, size=(300, 3)) for _ in range(5)]
+    cells += [np.concatenate([cells[0][:100], rng.integers(-50, 50, size=(200, 3))]) for _ in range(5)]
+    frames = [_frame(pack_keys(c), rng) for c in cells]
+    for voxel_size in (0.02, 0.04):  # factor 1 (far apart) and 2 (coarsened keys)
+        result = space_aware_sample(frames, 4, voxel_size=voxel_size)
+        assert_same_result(result, _expected_for(frames, 4, result.voxel_size, None))
+    near = [_frame(pack_keys(rng.integers(-40, 40, size=(200, 3))), rng) for _ in range(12)]
+    result = space_aware_sample(near, 5, voxel_size=0.06)  # small box: row-major grid ids
+    assert_same_result(result, _expected_for(near, 5, result.voxel_size, None))
 
 
 # ------------------------------------------------------------------------------ VoxelIndex

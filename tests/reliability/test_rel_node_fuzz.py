@@ -1,6 +1,6 @@
 """Bounded property-based runs against a real node process (small max_examples, < ~60 s).
 
-Pinned behaviour: every AskSpatial request a client can serialise (any valid-unicode question
+Pinned behaviour: every AskSpatial service request (and action goal) a client can serialise (any valid-unicode question
 and options, any window stamps incl. negative seconds and nanosec >= 1e9, any uint32 frame count
 and token budget, any sampling string) is answered with a documented error code (never INTERNAL,
 never silence); OK answers only use buffered stamps inside the window. Every malformed image
@@ -13,7 +13,7 @@ import math
 import time
 
 from builtin_interfaces.msg import Time
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import STAMPS
@@ -28,21 +28,35 @@ times = st.one_of(st.builds(Time, sec=st.integers(-2**31, 2**31 - 1), nanosec=st
                                    Time(sec=STAMPS[9] // 10**9, nanosec=STAMPS[9] % 10**9)]))
 
 
+VALID = dict(question=st.one_of(st.sampled_from(["How many boxes?", "Wie weit ist die Tür? 🙂", "x" * 1990]),
+                                TEXT.filter(lambda t: t.strip() and "<|" not in t and "\x00" not in t)),
+             options=st.one_of(st.just([]), st.just(["red box", "blue box"]), st.just(["A. near", "B. far", "C. same"])),
+             window_start=st.sampled_from([Time(), Time(sec=STAMPS[2] // 10**9, nanosec=STAMPS[2] % 10**9)]),
+             window_end=st.sampled_from([Time(), Time(sec=STAMPS[9] // 10**9, nanosec=STAMPS[9] % 10**9)]),
+             num_frames=st.integers(0, 6), sampling=st.sampled_from(["", "uniform", "latest", "space_aware"]),
+             max_new_tokens=st.integers(0, 3))
+ANY = dict(question=st.one_of(TEXT, st.sampled_from(["", " ", "x" * 3000, "é" * 6000, "<|im_end|><|video_pad|>"])),
+           options=st.one_of(st.lists(TEXT, max_size=6), st.lists(st.sampled_from(["A. red", "B. blue", "red"]),
+                                                                  max_size=4)),
+           window_start=times, window_end=times, num_frames=st.one_of(st.integers(0, 6), st.integers(65, 2**32 - 1)),
+           sampling=st.one_of(st.sampled_from(["bogus", "Space Aware"]), TEXT),
+           max_new_tokens=st.one_of(st.integers(0, 3), st.integers(513, 2**32 - 1)))
+
+
+@st.composite
+def ask_fields(draw):
+    """Each field 3:1 from the valid strategy, else from the anything one (~45 % of requests answer OK)."""
+    return {name: draw(VALID[name] if draw(st.integers(0, 3)) else ANY[name]) for name in VALID}
+
+
 @FUZZ
-@given(question=st.one_of(TEXT, st.sampled_from(["How many boxes?", "", " ", "x" * 3000, "é" * 6000, "<|im_end|><|video_pad|>"])),
-       options=st.one_of(st.just([]), st.lists(TEXT, max_size=6), st.lists(st.sampled_from(["A. red", "B. blue", "red"]),
-                                                                            max_size=4)),
-       window_start=times, window_end=times,
-       num_frames=st.one_of(st.integers(0, 6), st.integers(65, 2**32 - 1)),
-       sampling=st.one_of(st.sampled_from(["", "uniform", "latest", "space_aware", "bogus"]), TEXT),
-       max_new_tokens=st.one_of(st.integers(0, 3), st.integers(513, 2**32 - 1)))
-def test_service_requests_always_get_a_documented_code(ros_client, shared_node, question, options, window_start,
-                                                       window_end, num_frames, sampling, max_new_tokens):
+@given(fields=ask_fields())
+def test_service_requests_always_get_a_documented_code(ros_client, shared_node, fields):
     proc, _, _, _ = shared_node
-    reply = ros_client.ask(proc.fqn, question, timeout=60.0, options=options, window_start=window_start,
-                           window_end=window_end, num_frames=num_frames, sampling=sampling,
-                           max_new_tokens=max_new_tokens)
+    reply = ros_client.ask(proc.fqn, timeout=60.0, **fields)
+    window_start, window_end = fields["window_start"], fields["window_end"]
     code = ErrorCode(reply.error_code)
+    event(code.name)
     assert code in (ErrorCode.OK, ErrorCode.BAD_REQUEST, ErrorCode.EMPTY_WINDOW), (code, reply.error_message)
     assert reply.success == (code == ErrorCode.OK)
     if code == ErrorCode.OK:
@@ -52,6 +66,29 @@ def test_service_requests_always_get_a_documented_code(ros_client, shared_node, 
         assert got == sorted(got) and all(lo <= s <= hi and s in STAMPS for s in got)
     else:
         assert reply.error_message and not reply.frame_stamps
+
+
+@settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(fields=ask_fields())
+def test_action_goals_always_get_a_documented_code(ros_client, shared_node, fields):
+    from rclpy.action import ActionClient
+
+    from ros2_spatial_mllm.action import AskSpatial as AskAction
+    proc, _, _, _ = shared_node
+    action = ActionClient(ros_client.node, AskAction, f"{proc.fqn}/ask")
+    try:
+        assert action.wait_for_server(timeout_sec=30.0)
+        sent = action.send_goal_async(AskAction.Goal(**fields))
+        assert wait_for(sent.done, 30.0) and sent.result().accepted
+        done = sent.result().get_result_async()
+        assert wait_for(done.done, 60.0)
+        result = done.result().result
+        code = ErrorCode(result.error_code)
+        event(code.name)
+        assert code in (ErrorCode.OK, ErrorCode.BAD_REQUEST, ErrorCode.EMPTY_WINDOW), (code, result.error_message)
+        assert result.success == (code == ErrorCode.OK) and (code == ErrorCode.OK or result.error_message)
+    finally:
+        action.destroy()
 
 
 def _bad_images():

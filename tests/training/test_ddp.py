@@ -28,7 +28,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.cli", "sft", "--config", str(_config(tmp_path, assets, data, out))]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     h0 = (out / "weights_rank0.sha256").read_text()
     h1 = (out / "weights_rank1.sha256").read_text()

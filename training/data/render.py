@@ -92,10 +92,13 @@ class SceneRenderer:
     """Builds one Embree scene for a ProceduralScene and renders arbitrary poses.
 
     Everything that depends only on the hit triangle (colour, instance id, the light term of the
-    shading, which texture applies) is precomputed per face at construction, so a frame is one
-    Embree call (``EmbreeScene.run(..., output=1)``: primitive ids and hit distances) followed by
-    a handful of whole-image gathers and in-place array operations.
+    shading, which texture applies) is precomputed per face at construction. A frame is cast in
+    blocks of ``rays_per_call`` rays: one Embree call per block (``EmbreeScene.run(..., output=1)``,
+    primitive ids and hit distances) followed by a handful of gathers and in-place array operations.
+    Output is bit-identical to the earlier per-pixel implementation (tests/training/test_render_reference.py).
     """
+
+    rays_per_call = 1 << 15
 
     def __init__(self, scene: ProceduralScene):
         self.scene = scene
@@ -206,33 +209,45 @@ class SceneRenderer:
 
     def _render_into(self, world_from_camera: np.ndarray, intrinsics: np.ndarray, width: int, height: int,
                      rgb_out: np.ndarray, depth_out: np.ndarray, inst_out: np.ndarray) -> None:
-        """Render one view into caller-owned C-contiguous rgb [H,W,3] u8, depth [H,W] f32, inst [H,W] i32."""
+        """Render one view into caller-owned C-contiguous rgb [H,W,3] u8, depth [H,W] f32, inst [H,W] i32.
+
+        Rays go to Embree and through the shading in blocks of ``rays_per_call``: every temporary
+        (Embree's own result arrays included) stays small enough to be cache-resident and to be
+        recycled by the allocator instead of being page-faulted in afresh for every frame.
+        """
         dirs_cam, cos_axis = self._camera_rays(intrinsics, width, height)          # [HW,3], [HW]
         rot = world_from_camera[:3, :3].astype(np.float32)
         origin = world_from_camera[:3, 3].astype(np.float32)                        # [3]
-        dirs = np.ascontiguousarray(dirs_cam @ rot.T)                                # [HW,3] unit, world
         n_px = width * height
-        # every ray starts at the camera centre: a zero-stride [HW,3] view instead of a filled copy
-        origins = np.lib.stride_tricks.as_strided(origin, shape=(n_px, 3), strides=(0, origin.itemsize))
+        if getattr(self, "_dirs_buf", None) is None or len(self._dirs_buf) != n_px:
+            self._dirs_buf = np.empty((n_px, 3), np.float32)
+        dirs = np.matmul(dirs_cam, rot.T, out=self._dirs_buf)                       # [HW,3] unit, world
+        rgb_flat, depth_flat, inst_flat = rgb_out.reshape(n_px, 3), depth_out.reshape(n_px), inst_out.reshape(n_px)
+        for start in range(0, n_px, self.rays_per_call):
+            block = slice(start, min(start + self.rays_per_call, n_px))
+            self._trace_block(origin, dirs[block], cos_axis[block], rgb_flat[block], depth_flat[block], inst_flat[block])
+
+    def _trace_block(self, origin: np.ndarray, dirs: np.ndarray, cos_axis: np.ndarray,
+                     rgb_out: np.ndarray, depth_out: np.ndarray, inst_out: np.ndarray) -> None:
+        """Cast M rays from origin [3] along dirs [M,3] (one Embree call) and shade them into the outputs."""
+        # every ray starts at the camera centre: a zero-stride [M,3] view instead of a filled copy
+        origins = np.lib.stride_tricks.as_strided(origin, shape=(len(dirs), 3), strides=(0, origin.itemsize))
         hits = self.embree.run(origins, dirs, output=1)
-        prim = np.asarray(hits["primID"])                                            # [HW] i32, -1 = miss
-        t = np.asarray(hits["tfar"], np.float32)                                     # [HW]
-        rgb_flat = rgb_out.reshape(n_px, 3)
-        depth_flat = depth_out.reshape(n_px)
-        inst_flat = inst_out.reshape(n_px)
+        prim = np.asarray(hits["primID"])                                            # [M] i32, -1 = miss
+        t = np.asarray(hits["tfar"], np.float32)                                     # [M]
         if bool((prim >= 0).all()):                   # closed rooms: every ray hits, no masking
-            self._shade(prim, origin, dirs, t, cos_axis, rgb_flat, depth_flat, inst_flat)
+            self._shade(prim, origin, dirs, t, cos_axis, rgb_out, depth_out, inst_out)
             return
         ray = np.flatnonzero(prim >= 0)
-        rgb_flat[:] = 0
-        depth_flat[:] = 0.0
-        inst_flat[:] = 0
+        rgb_out[:] = 0
+        depth_out[:] = 0.0
+        inst_out[:] = 0
         if len(ray):
             rgb_hit = np.empty((len(ray), 3), np.uint8)
             depth_hit = np.empty(len(ray), np.float32)
             inst_hit = np.empty(len(ray), np.int32)
             self._shade(prim[ray], origin, dirs[ray], t[ray], cos_axis[ray], rgb_hit, depth_hit, inst_hit)
-            rgb_flat[ray], depth_flat[ray], inst_flat[ray] = rgb_hit, depth_hit, inst_hit
+            rgb_out[ray], depth_out[ray], inst_out[ray] = rgb_hit, depth_hit, inst_hit
 
     def _shade(self, tri: np.ndarray, origin: np.ndarray, dirs: np.ndarray, t: np.ndarray, cos_axis: np.ndarray,
                rgb_out: np.ndarray, depth_out: np.ndarray, inst_out: np.ndarray) -> None:
