@@ -111,7 +111,8 @@ def test_package_xml_declares_dependencies():
     deps = {el.text for el in root if el.tag.endswith("depend")}
     for key in ("ament_cmake", "ament_cmake_python", "rosidl_default_generators", "rosidl_default_runtime",
                 "rclpy", "lifecycle_msgs", "action_msgs", "sensor_msgs", "std_msgs", "geometry_msgs",
-                "nav_msgs", "diagnostic_msgs", "builtin_interfaces", "python3-numpy", "python3-opencv"):
+                "nav_msgs", "diagnostic_msgs", "builtin_interfaces", "python3-numpy", "python3-opencv",
+                "tf2_msgs"):
         assert key in deps, f"package.xml misses {key}"
     assert root.findtext("member_of_group") == "rosidl_interface_packages"
     assert root.find("export/build_type").text == "ament_cmake"
@@ -138,3 +139,14 @@ def test_error_codes_single_definition_matches_engine():
     assert goal_fields == AskSpatial.Request.get_fields_and_field_types()
     assert math.isnan(float("nan"))  # value uses NaN for "no number" (documented in the .srv)
     assert "NaN if" in (ROOT / "srv" / "AskSpatial.srv").read_text()
+
+
+def test_tf2_msgs_stand_in_is_dev_only_and_matches_the_real_definition():
+    """third_party/tf2_msgs is never built by colcon on a robot, and its only message has the
+    real tf2_msgs/msg/TFMessage definition (so the same RIHS01 type hash on the wire)."""
+    src = ROOT / "third_party" / "tf2_msgs"
+    assert (src / "COLCON_IGNORE").is_file() and (src / "AMENT_IGNORE").is_file()
+    lines = [ln.split("#")[0].strip() for ln in (src / "msg" / "TFMessage.msg").read_text().splitlines()]
+    assert [ln for ln in lines if ln] == ["geometry_msgs/TransformStamped[] transforms"]
+    from tf2_msgs.msg import TFMessage  # built by scripts/build_interfaces.sh when missing
+    assert TFMessage.get_fields_and_field_types() == {"transforms": "sequence<geometry_msgs/TransformStamped>"}
