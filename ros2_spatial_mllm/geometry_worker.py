@@ -6,8 +6,8 @@ oldest pending frame is dropped and counted), and its voxel set (the sampling pa
 read the cache (``voxels_for``), so no geometry runs at query time. Entries leave with the
 buffer's evictions. ``FrameVoxels`` results are also added to a ``sampling.VoxelIndex`` keyed by
 frame stamp (per-frame voxel ids precomputed here, off the query path), so a query's
-space-aware pick (``select_space_aware``) costs about 1-2 ms for 16 of 128 frames instead of the
-~10 ms of the stateless ``space_aware_sample``; the picks are identical (same voxel sets, same
+space-aware pick (``select_space_aware``) costs about 0.5 ms for 16 of 128 frames instead of the
+2-4 ms of the stateless ``space_aware_sample``; the picks are identical (same voxel sets, same
 times ``stamp_ns * 1e-9``, same greedy).
 
 Two geometry sources:

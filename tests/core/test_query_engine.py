@@ -200,10 +200,15 @@ def test_unload_cancels_waiting_and_rejects_new_queries(model, scene_frames):
 
 def test_timeout_stops_a_long_generation_mid_decode(engine):
     tokens = []
+
+    def slow_consumer(token):  # a slow stream consumer makes every token cost >= 0.2 s, so the
+        tokens.append(token)   # 0.5 s budget runs out after a few tokens on any machine
+        time.sleep(0.2)
+
     start = time.monotonic()
-    out = engine.ask(QueryRequest("Describe the room.", max_new_tokens=512, timeout_s=0.4, sampling="uniform"),
-                     on_token=tokens.append)
-    assert out.code == ErrorCode.TIMEOUT, out     # 512 tiny-model tokens take ~2 s on a CPU
+    out = engine.ask(QueryRequest("Describe the room.", max_new_tokens=512, timeout_s=0.5, sampling="uniform"),
+                     on_token=slow_consumer)
+    assert out.code == ErrorCode.TIMEOUT, out
     assert time.monotonic() - start < 1.5
     deadline = time.monotonic() + 2.0             # the runner stops at the next token, not at 512
     while engine.queue_depth() != (0, False) and time.monotonic() < deadline:
