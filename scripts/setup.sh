@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.ros2_spatial_mllm-deps
-want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements/*.txt setup.py | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing pinned dependencies (requirements.txt)"
   .venv/bin/python -m pip install --quiet --upgrade pip
