@@ -28,10 +28,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ros2_spatial_mllm.geometry import quaternion_to_matrix
-
 __all__ = ["TransformTree", "TransformError", "UnknownFrameError", "ConnectivityError",
-           "ExtrapolationError", "slerp", "quaternion_multiply", "rotate"]
+           "ExtrapolationError", "slerp", "quaternion_multiply", "rotate", "rotation_matrix"]
 
 
 class TransformError(LookupError):
@@ -68,9 +66,19 @@ def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Rotate vector v [3] by the unit XYZW quaternion q [4] -> [3]."""
-    u, w = q[:3], q[3]
-    t = 2.0 * np.cross(u, v)
-    return v + w * t + np.cross(u, t)
+    x, y, z, w = (float(c) for c in q)
+    vx, vy, vz = (float(c) for c in v)
+    tx, ty, tz = 2.0 * (y * vz - z * vy), 2.0 * (z * vx - x * vz), 2.0 * (x * vy - y * vx)  # 2 u x v
+    return np.array([vx + w * tx + (y * tz - z * ty),
+                     vy + w * ty + (z * tx - x * tz),
+                     vz + w * tz + (x * ty - y * tx)])
+
+
+def rotation_matrix(q: np.ndarray) -> np.ndarray:
+    """Unit XYZW quaternion [4] -> rotation [3, 3]; the same result as
+    geometry.quaternion_to_matrix (tested), without its torch round trip (~0.2 ms per call),
+    since a lookup runs in the image callback for every frame."""
+    return np.stack([rotate(q, axis) for axis in np.eye(3)], axis=1)
 
 
 def _conjugate(q: np.ndarray) -> np.ndarray:
@@ -216,7 +224,7 @@ class TransformTree:
         """target_from_source [4, 4] float64 at stamp_ns (None = newest of every edge)."""
         translation, rotation = self.lookup_tq(target_frame, source_frame, stamp_ns, tolerance_ns)
         out = np.eye(4)
-        out[:3, :3] = quaternion_to_matrix(rotation)
+        out[:3, :3] = rotation_matrix(rotation)
         out[:3, 3] = translation
         return out
 
@@ -225,9 +233,9 @@ class TransformTree:
         """target_from_source as (translation [3], unit quaternion XYZW [4])."""
         target, source = _strip(target_frame), _strip(source_frame)
         with self._lock:
-            known = self.frames()
             for name in (target, source):
-                if name not in known:
+                if name not in self._edges and not any(e.parent == name for e in self._edges.values()):
+                    known = self.frames()
                     raise UnknownFrameError(f"frame {name!r} is unknown (known: {sorted(known)[:12]})")
             if target == source:
                 return _IDENTITY[0].copy(), _IDENTITY[1].copy()

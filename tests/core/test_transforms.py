@@ -67,6 +67,10 @@ def test_interpolates_translation_linearly_and_rotation_by_slerp():
     np.testing.assert_allclose(tree.lookup("map", "base", 2 * S)[:3, :3], rot_z(90), atol=1e-12)
     np.testing.assert_allclose(tree.lookup("map", "base", None)[:3, 3], (2, -4, 6))
     # slerp takes the short way round (q and -q are the same rotation)
+    from ros2_spatial_mllm.geometry import quaternion_to_matrix
+    from ros2_spatial_mllm.transforms import rotation_matrix
+    some_q = np.array([0.3, -0.5, 0.1, 0.8]) / np.linalg.norm([0.3, -0.5, 0.1, 0.8])
+    np.testing.assert_allclose(rotation_matrix(some_q), quaternion_to_matrix(some_q), atol=1e-12)
     q = slerp(np.array(q_z(170)), -np.array(q_z(-170)), 0.5)
     np.testing.assert_allclose(abs(q[3]), 0.0, atol=1e-12)  # 180 deg, not 0 deg
 
