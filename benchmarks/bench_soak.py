@@ -132,7 +132,7 @@ def run_soak(duration_s: float = 45.0, rate_hz: float = 30.0, size=(1920, 1080),
         "rss_growth_within_64mb": result["rss_growth_after_warmup_mb"] is not None
         and result["rss_growth_after_warmup_mb"] <= 64.0,
         "rss_within_bound": result["rss_max_mb"] is not None and rss_idle is not None
-        and result["rss_max_mb"] <= rss_idle + buffer_mb + 600.0,
+        and result["rss_max_mb"] <= rss_idle + buffer_mb + 800.0,
     }
     log(json.dumps({k: result[k] for k in ("rss_after_warmup_mb", "rss_end_mb", "rss_growth_after_warmup_mb",
                                            "by_code", "latency_ms", "transport_loss", "checks")}))

@@ -8,7 +8,8 @@ Pinned behaviour (CI: 40 s of streaming; slow: 600 s, the documented long run):
 * frame counters are consistent: received == kept + never-kept drops (decimated, out_of_order,
   decode errors, ...) and received <= published (the difference is DDS transport loss);
 * resident memory after warm-up (the byte-bounded buffer is full by then) does not grow by more
-  than 64 MiB, and never exceeds RSS-at-idle + buffer_max_mb + 600 MiB.
+  than 64 MiB, and never exceeds RSS-at-idle + buffer_max_mb + 800 MiB (glibc heap fragmentation of
+  6 MB frame buffers varies between runs: 1024-1208 MiB after warm-up measured; see docs).
 Image QoS is RELIABLE here: with the default best-effort sensor QoS, 6 MB 1080p samples over
 Fast DDS lose most frames on this machine (measured: 24 of 901 received in 30 s), see
 docs/reliability.md.
