@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import threading
@@ -33,6 +32,7 @@ from .model.checkpoint import load_checkpoint, resolve_model_dir
 from .model.presets import TINY_ASSETS_DIR
 from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
 from .prompts import build_prompt
+from .safety import check_model_dir, enforce_offline, model_identity
 
 __all__ = ["QueryResult", "SpatialMLLM", "parse_dtype"]
 
@@ -97,14 +97,6 @@ def _eos_ids(model_dir: Path, config, tokenizer) -> List[int]:
     return sorted(set(int(i) for i in ids))
 
 
-def _revision(model_dir: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json"):
-        if (model_dir / name).is_file():
-            digest.update((model_dir / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
 class SpatialMLLM:
     """A loaded Spatial-MLLM with its tokenizer and video preprocessing (see module docstring)."""
 
@@ -119,7 +111,7 @@ class SpatialMLLM:
         self.load_report = load_report
         self._answer_lock = threading.Lock()  # answer() mutates the model's mRoPE state: one at a time
         params = sum(p.numel() for p in model.parameters())
-        self._info = dict(preset=preset, model_dir=str(model_dir), revision=_revision(model_dir), params=int(params),
+        self._info = dict(preset=preset, model_dir=str(model_dir), **model_identity(model_dir), params=int(params),
                           device=str(device), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                           load_report=load_report.summary() if load_report is not None else None)
 
@@ -143,6 +135,8 @@ class SpatialMLLM:
             model_dir = resolve_model_dir(model)
             used_preset = "tiny" if model_dir.resolve() == TINY_ASSETS_DIR.resolve() else None
         torch_dtype = parse_dtype(dtype, device)
+        enforce_offline()  # nothing below may reach a hub, whatever transformers would like to do
+        check = check_model_dir(model_dir)  # UnsafeModelError before any weight is read
         net, report = load_checkpoint(model_dir, device=device, dtype=torch_dtype)
         if not report.ok:
             LOG.warning("checkpoint %s: %s (missing: %s, unexpected: %s)", model_dir, report.summary(),
@@ -150,6 +144,8 @@ class SpatialMLLM:
         tokenizer = _load_tokenizer(Path(model_dir))
         engine = cls(net, tokenizer, VideoProcessingConfig.from_dir(model_dir), Path(model_dir), used_preset,
                      torch.device(device), _eos_ids(Path(model_dir), net.config, tokenizer), report)
+        engine._info["model_check"] = (f"{check.num_tensors} tensors, {check.tensor_bytes} bytes, "
+                                       "safetensors only")
         if backend != "torch":
             from ros2_spatial_mllm.backends import configure_backend  # lazy: onnxruntime/tensorrt are optional
 

@@ -43,13 +43,17 @@ from ros2_spatial_mllm.buffer import FrameBuffer
 from ros2_spatial_mllm.msg import SpatialAnswer
 from ros2_spatial_mllm.query_engine import (EngineConfig, ErrorCode, QueryEngine, QueryResponse)
 from ros2_spatial_mllm.ros import convert
+from ros2_spatial_mllm.ros.answer_views import AnswerViews
+from ros2_spatial_mllm.ros.process import limit_heap_growth
 from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
 from ros2_spatial_mllm.ros.intake import FrameIntake
 from ros2_spatial_mllm.ros.params import NodeConfig
+from ros2_spatial_mllm.safety import enforce_offline
 from ros2_spatial_mllm.ros.tf_input import TF_QOS, TF_STATIC_QOS, import_tf_message
 from ros2_spatial_mllm.srv import AskSpatial
 
 NODE_NAME = "spatial_mllm_node"
+REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class SpatialMllmNode(LifecycleNode):
@@ -69,13 +73,17 @@ class SpatialMllmNode(LifecycleNode):
         self._model_info: dict = {}
         self._lock = threading.Lock()
         self._query_group = ReentrantCallbackGroup()
+        # Requests must reach the QueryEngine to be answered BUSY: the default service QoS (keep
+        # last 10) silently drops a burst of 20 clients' requests before any callback runs.
         self._ask_service = self.create_service(AskSpatial, "~/ask", self._on_ask_service,
-                                                callback_group=self._query_group)
+                                                qos_profile=REQUEST_QOS, callback_group=self._query_group)
         self._ask_action = ActionServer(
             self, AskSpatialAction, "~/ask", execute_callback=self._on_ask_action,
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
-            callback_group=self._query_group)
+            goal_service_qos_profile=REQUEST_QOS, result_service_qos_profile=REQUEST_QOS,
+            cancel_service_qos_profile=REQUEST_QOS, callback_group=self._query_group)
+        self._views = AnswerViews(self)
         self._answers_pub = self.create_publisher(SpatialAnswer, "~/answers", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period_s").value)
@@ -312,6 +320,10 @@ class SpatialMllmNode(LifecycleNode):
             self.get_logger().info(line)
         else:
             self.get_logger().warning(line)
+        if outcome.success and self.config is not None and self.config.publish_views:
+            world = self.config.views_frame_id or self.config.tf_world_frame or "odom"
+            self._views.submit(self.buffer, self.geometry, outcome.frame_stamps_ns, world,
+                               received.nanoseconds)
         if not (self.config.publish_answers if self.config else True):
             return
         try:
@@ -368,6 +380,8 @@ def _resolve_device(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point `spatial_mllm_node` (console script and `ros2 run`)."""
+    enforce_offline()            # the node never reaches a model hub
+    limit_heap_growth()          # long runs: return big frame buffers to the OS (see below)
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
     try:
@@ -387,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node._teardown()
+            node._views.close()
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -23,9 +23,9 @@ even for a multi-GB checkpoint. It refuses, with a message naming the file and t
 ``huggingface_hub.constants.HF_HUB_OFFLINE`` flag, so any Hub call raises
 ``OfflineModeIsEnabled`` at once instead of touching the network.
 
-``safe_load_model(model=None, preset="tiny", device="cpu", dtype=None)``: enforce_offline() +
-check_model_dir() + ``SpatialMLLM.load`` (a drop-in ``loader`` for ``QueryEngine``); the model's
-``info`` gains ``config_hash``/``revision``/``model_check``.
+``SpatialMLLM.load`` calls enforce_offline() and check_model_dir() before it reads any weight, so
+every caller (CLI, node, training, eval) gets these checks; the model's ``info`` carries
+``config_hash``/``revision``/``model_check``.
 
 ``config_hash(model_dir)``: sha256 (16 hex) of config.json's canonical JSON (sorted keys), so
 whitespace does not matter and any config change does. ``model_revision(model_dir)``: the Hub
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["UnsafeModelError", "ModelDirReport", "check_model_dir", "read_safetensors_header",
-           "enforce_offline", "config_hash", "model_revision", "model_identity", "safe_load_model",
+           "enforce_offline", "config_hash", "model_revision", "model_identity",
            "PICKLE_SUFFIXES"]
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -251,20 +251,3 @@ def model_identity(model_dir: str | Path | None) -> dict[str, str]:
         except (OSError, ValueError, struct.error):
             out[key] = "unknown"
     return out
-
-
-def safe_load_model(model: str | Path | None = None, preset: str = "tiny", device: str = "cpu", dtype=None):
-    """``SpatialMLLM.load`` after ``enforce_offline()`` and ``check_model_dir`` (on the embedded
-    tiny directory when ``model`` is None). Raises UnsafeModelError before any weight is read.
-    Use as ``QueryEngine(buffer, config, loader=safe_load_model)``."""
-    enforce_offline()
-    from ros2_spatial_mllm.inference import SpatialMLLM
-    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
-
-    report = check_model_dir(TINY_ASSETS_DIR if model is None else model)
-    loaded = SpatialMLLM.load(model, preset=preset, device=device, dtype=dtype)
-    info = getattr(loaded, "_info", None)
-    if isinstance(info, dict):   # SpatialMLLM.info returns a copy of _info
-        info.update(config_hash=report.config_hash, revision=report.revision,
-                    model_check=f"{report.num_tensors} tensors, {report.tensor_bytes} bytes, safetensors only")
-    return loaded

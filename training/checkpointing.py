@@ -8,19 +8,66 @@
 The model files are written by B's ros2_spatial_mllm.model.checkpoint (official key names, the
 layout SpatialMLLM.load reads); trainer_state.pt is ours. Resuming loads the safetensors into the already
 built model (strict except for tied weights), so the continued run is bit-exact.
+
+trainer_state.pt holds only tensors, dicts, lists, tuples, str, int, float, bool and None (the Python
+and NumPy RNG states are converted to tensors), so it is read with `torch.load(weights_only=True)`:
+nothing is ever unpickled; a file holding any other object is refused with TrainerStateError.
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from training.trainer_utils import rng_state, set_rng_state, unwrap
 
 TRAINER_STATE = "trainer_state.pt"
+
+
+class TrainerStateError(RuntimeError):
+    """trainer_state.pt is not loadable with weights_only=True (holds an arbitrary pickled object)."""
+
+
+def _plain_rng_state(state: dict) -> dict:
+    """rng_state() with the Python and NumPy states as tensors (weights_only-loadable)."""
+    plain = dict(state)
+    version, internal, gauss_next = state["python"]  # (int, tuple of 625 ints < 2**32, float | None)
+    plain["python"] = {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                       "gauss_next": None if gauss_next is None else float(gauss_next)}
+    name, keys, pos, has_gauss, cached = state["numpy"]  # ('MT19937', uint32 [624], int, int, float)
+    plain["numpy"] = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return plain
+
+
+def _native_rng_state(plain: dict) -> dict:
+    """Inverse of _plain_rng_state: the tuples random.setstate / np.random.set_state take."""
+    state = dict(plain)
+    py = plain["python"]
+    state["python"] = (py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss_next"])
+    npy = plain["numpy"]
+    state["numpy"] = (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                      npy["cached_gaussian"])
+    return state
+
+
+def load_trainer_state(path: Path) -> dict:
+    """Read trainer_state.pt with torch.load(weights_only=True); TrainerStateError if the file
+    holds anything but tensors and plain containers/scalars (never unpickles arbitrary objects)."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        detail = detail.split(". Please use")[0]  # torch's hint is how to allow-list it; we never do
+        raise TrainerStateError(
+            f"{path}: refusing to load, the trainer state holds objects other than tensors and plain "
+            f"containers (weights_only=True); {detail}") from None
 
 
 def save_model_files(model: torch.nn.Module, out: Path, processor: Any = None) -> None:
@@ -87,7 +134,7 @@ def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer=
     save_model_files(model, tmp, processor)
     torch.save({"step": step, "optimizer": optimizer.state_dict() if optimizer else None,
                 "scheduler": scheduler.state_dict() if scheduler else None,
-                "rng": rng_state(), "extra": extra or {}}, tmp / TRAINER_STATE)
+                "rng": _plain_rng_state(rng_state()), "extra": extra or {}}, tmp / TRAINER_STATE)
     if ckpt.exists():
         shutil.rmtree(ckpt)
     tmp.rename(ckpt)
@@ -119,12 +166,13 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
 
 
 def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer=None, scheduler=None) -> dict:
-    """Restore model, optimizer, scheduler and RNG states; returns {'step', 'extra'}."""
+    """Restore model, optimizer, scheduler and RNG states; returns {'step', 'extra'}.
+    Raises TrainerStateError (before touching the model) if trainer_state.pt is not weights_only-loadable."""
+    state = load_trainer_state(Path(ckpt) / TRAINER_STATE)
     load_model_files(model, ckpt)
-    state = torch.load(Path(ckpt) / TRAINER_STATE, map_location="cpu", weights_only=False)
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    set_rng_state(_native_rng_state(state["rng"]))
     return {"step": int(state["step"]), "extra": state.get("extra", {})}

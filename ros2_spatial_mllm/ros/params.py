@@ -100,6 +100,10 @@ class NodeConfig:
     query_timeout_s: float = _p(60.0, "queue wait + inference budget per query -> TIMEOUT",
                                 min=0.1, max=86400.0)
     publish_answers: bool = _p(True, "publish every answered query on ~/answers")
+    publish_views: bool = _p(True, "after each answer publish ~/chosen_frames/compressed, ~/coverage "
+                             "and ~/trajectory (RViz/Foxglove)")
+    views_frame_id: str = _p("", "frame of ~/coverage and ~/trajectory; empty = tf_world_frame, "
+                             "else the odometry's frame")
     # diagnostics
     diagnostics_period_s: float = _p(1.0, "period of /diagnostics", min=0.05, max=3600.0)
 

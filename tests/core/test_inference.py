@@ -29,7 +29,8 @@ def test_load_without_arguments_uses_embedded_tiny(mllm):
     assert info["preset"] == "tiny"
     assert info["model_dir"] == str(TINY_ASSETS_DIR)
     assert 1_000_000 < info["params"] < 10_000_000
-    assert len(info["revision"]) == 16 and info["load_report"] == "missing=0 unexpected=0 mismatched=0"
+    assert info["revision"].startswith("weights-") and len(info["config_hash"]) == 16 and info["load_report"] == "missing=0 unexpected=0 mismatched=0"
+    assert info["model_check"].endswith("safetensors only")
 
 
 def test_answer_streams_tokens_and_reports_timings(mllm):

@@ -72,6 +72,25 @@ def test_bag_replay_end_to_end(client_node, node_factory, tmp_path):
             assert reply["latency_ms"]["total_ms"] > 0
         assert replies[1]["status"] == 4  # GoalStatus.STATUS_SUCCEEDED
         assert any(f["new_text"] for f in replies[1]["feedback"])
+        # what the answers were based on, for RViz/Foxglove (latched, so a late viewer gets it)
+        from sensor_msgs.msg import CompressedImage
+        from visualization_msgs.msg import MarkerArray
+        from ros2_spatial_mllm.ros.answer_views import VIEW_QOS
+        views = {"frames": [], "coverage": [], "trajectory": []}
+        subs = [client_node.create_subscription(CompressedImage, f"{proc.fqn}/chosen_frames/compressed",
+                                                views["frames"].append, VIEW_QOS),
+                client_node.create_subscription(MarkerArray, f"{proc.fqn}/coverage", views["coverage"].append, VIEW_QOS),
+                client_node.create_subscription(MarkerArray, f"{proc.fqn}/trajectory",
+                                                views["trajectory"].append, VIEW_QOS)]
+        assert wait_until(lambda: len(views["frames"]) >= 4 and views["coverage"] and views["trajectory"],
+                          10.0, client_node), {k: len(v) for k, v in views.items()}
+        shown = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in views["frames"]}
+        assert set(replies[-1]["frame_stamps_ns"]) <= shown <= stamps
+        covered = [m for m in views["coverage"][-1].markers if m.ns.endswith("covered")]
+        assert covered and len(covered[0].points) > 0
+        assert views["coverage"][-1].markers[-1].header.frame_id == "odom"
+        for sub in subs:
+            client_node.destroy_subscription(sub)
         out, _ = recorder.communicate(timeout=30)
         assert recorder.returncode == 0, out
     finally:

@@ -7,11 +7,9 @@ at least one request is refused BUSY; BUSY replies come back fast (no model work
 clients saw; afterwards the node still answers (not wedged). Client-side latency p50/p95 are
 printed (run with -s) and written to <tmp>/load.json.
 
-Known issue (xfail at run time until fixed in node.py): `~/ask` is created with the default
-service QoS (KEEP_LAST depth 10), so in a burst of more than 10 simultaneous requests the oldest
-requests are overwritten in the server's request reader before the executor takes them: the
-node never sees them and those clients wait forever. Verified fix: create the service with
-`qos_profile=QoSProfile(history=KEEP_LAST, depth=100, reliability=RELIABLE)` -> 20/20 replies.
+The node creates `~/ask` (service and action services) with a KEEP_LAST depth-100 reliable QoS:
+with the default depth 10 a burst of 20 requests lost the oldest ones in the server's request
+reader before any callback ran, and those clients waited forever. This test pins the fix.
 """
 from __future__ import annotations
 
@@ -58,9 +56,8 @@ def test_twenty_concurrent_clients_get_ok_or_busy(ros_client, shared_node, tmp_p
     for client in clients:
         ros_client.node.destroy_client(client)
     seen = int(diag.get("model", "queries_submitted", 0)) - sum(before.values())
-    if not complete:
-        pytest.xfail(f"known node issue: only {len(replies)} of {CLIENTS} concurrent requests answered; the node "
-                     f"saw about {seen} (~/ask service QoS depth 10 drops the rest; see module docstring)")
+    assert complete, (f"only {len(replies)} of {CLIENTS} concurrent requests answered; "
+                      f"the node saw about {seen}")
 
     codes = [ErrorCode(code) for code, _ in replies.values()]
     ok = [ms for code, ms in replies.values() if code == ErrorCode.OK]

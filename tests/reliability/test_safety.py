@@ -209,9 +209,9 @@ print("elapsed", time.monotonic() - t)
     assert enforce_offline()["HF_HUB_OFFLINE"] == "1"
 
 
-def test_safe_load_model_checks_before_loading(ckpt):
-    from ros2_spatial_mllm.safety import safe_load_model
-    model = safe_load_model(str(ckpt))
+def test_spatial_mllm_load_checks_before_loading(ckpt):
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    model = SpatialMLLM.load(str(ckpt))
     try:
         info = model.info
         assert info["config_hash"] == config_hash(ckpt) and info["revision"] == model_revision(ckpt)
@@ -221,4 +221,4 @@ def test_safe_load_model_checks_before_loading(ckpt):
     shard = _shard(ckpt)
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(UnsafeModelError, match="truncated"):
-        safe_load_model(str(ckpt))
+        SpatialMLLM.load(str(ckpt))
