@@ -10,7 +10,8 @@ Tiny CPU run (embedded tiny preset, random weights until trained ones ship):
 Prints ONE JSON object on stdout: answer (raw text), parsed (kind/choice/value/unit), frames
 (selected source indices and timestamps), sampling (method, coverage, voxel size, gains), model
 info and timings_ms (read_video, load_model, geometry, voxelize, pick, sampling = the three
-before, the model's own breakdown, total). Errors: one line on stderr, exit code 2 for bad
+before, the model's own breakdown, total); with --report PATH also "report" {html, png, tiles}: a
+one-page report (chosen frames in a strip, question, answer) from ros2_spatial_mllm.report. Errors: one line on stderr, exit code 2 for bad
 input, 1 for internal failures, 130 on Ctrl-C; --debug adds the traceback.
 
 Space-aware sampling runs the spatial encoder's camera + depth heads once over the candidates
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="generation limit (default: 32)")
     ask_parser.add_argument("--unit", default=None,
                             help="canonical unit for numeric answers: m, cm or m² (default: as written)")
+    ask_parser.add_argument("--report", default=None, metavar="PATH",
+                            help="also write a one-page report of this query: PATH's stem + .html and .png "
+                                 "(chosen frames with stamps, question, options, answer)")
     ask_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                             help="print tracebacks on errors")
     ask_parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -205,7 +209,7 @@ def ask(args: argparse.Namespace) -> dict:
     parsed = parse_answer(result.text, args.options, unit=args.unit)
     timings.update({f"model_{key}": value for key, value in result.timings_ms.items()})
     timings["total"] = (time.perf_counter() - start) * 1000.0
-    return {
+    out = {
         "question": args.question.strip(),
         "options": args.options,
         "answer": result.text,
@@ -222,6 +226,17 @@ def ask(args: argparse.Namespace) -> dict:
         "model": {key: info.get(key) for key in ("preset", "model_dir", "revision", "params", "device", "dtype")},
         "timings_ms": {key: round(value, 3) for key, value in timings.items()},
     }
+    if args.report:
+        from ros2_spatial_mllm.report import write_query_report
+
+        # selection.indices are positions in clip.frames (the candidates), as write_query_report expects
+        try:
+            paths = write_query_report(os.path.expanduser(args.report), clip.frames, list(selection.indices),
+                                       clip.timestamps, args.question, args.options, out)
+        except OSError as exc:
+            raise UsageError(f"--report: cannot write {args.report}: {exc.strerror or exc}") from None
+        out["report"] = {"html": str(paths.html), "png": str(paths.png), "tiles": paths.tiles}
+    return out
 
 
 def _sensor_geometry(args: argparse.Namespace, clip) -> list:

@@ -123,8 +123,6 @@ def probe(path: Union[str, Path]) -> tuple:
 
 
 def _read_video(path: Path, max_candidates: int, max_side: Optional[int], fps_override: Optional[float]):
-    import cv2
-
     reported, video_fps = probe(path)
     fps = fps_override or (video_fps if video_fps and np.isfinite(video_fps) and video_fps > 0 else 30.0)
     for attempt in range(2):

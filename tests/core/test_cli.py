@@ -170,3 +170,40 @@ def test_console_script_is_installed():
         pytest.skip(f"console script not installed next to {sys.executable} (pip install -e .)")
     proc = subprocess.run([str(script), "ask", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--num-frames" in proc.stdout
+
+
+def test_report_writes_html_and_png_with_one_tile_per_chosen_frame(room_video, tmp_path):
+    from ros2_spatial_mllm.report import LABEL_H, LINE_H, MAX_COLS, PAD, TILE_H, TILE_W
+
+    question = "How far is the sofa from the door?"
+    proc = run_cli("ask", "--video", room_video, "--question", question, "--num-frames", 3,
+                   "--max-candidates", 8, "--max-new-tokens", 2, "--report", tmp_path / "rep" / "q1.json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    report = out["report"]
+    html_path, png_path = Path(report["html"]), Path(report["png"])
+    assert html_path == tmp_path / "rep" / "q1.html" and png_path == tmp_path / "rep" / "q1.png"
+    assert report["tiles"] == len(out["frames"]["indices"]) == 3
+    text = html_path.read_text(encoding="utf-8")
+    assert question in text and text.count("<figure>") == 3
+    for stamp in out["frames"]["timestamps_s"]:  # captions carry the chosen frames' stamps
+        assert f"t={stamp:.3f}s" in text
+    image = cv2.imread(str(png_path), cv2.IMREAD_COLOR)
+    assert image is not None
+    cols = min(MAX_COLS, 3)
+    assert image.shape[1] == PAD + cols * (TILE_W + PAD)  # one tile per chosen frame, in one row
+    header_h = image.shape[0] - (TILE_H + LABEL_H + PAD) - PAD  # exactly one row of tiles under the text
+    assert header_h > 2 * PAD and (header_h - 2 * PAD) % LINE_H == 0
+    tile_row = image[header_h:header_h + TILE_H]
+    for c in range(cols):  # each tile area holds a frame (not the white page background)
+        x = PAD + c * (TILE_W + PAD)
+        assert tile_row[:, x:x + TILE_W].mean() < 200
+    assert image[header_h:header_h + TILE_H, cols * (TILE_W + PAD) + 1:].mean() > 250  # white right margin
+
+
+def test_report_to_an_unwritable_place_is_a_clean_error(png_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("ask", "--video", png_folder, "--question", "How many chairs?", "--sampling", "uniform",
+                   "--num-frames", 2, "--max-new-tokens", 1, "--report", blocker / "sub" / "q.html")
+    assert_clean_error(proc, "--report")

@@ -184,7 +184,6 @@ def test_action_cancel_between_tokens(client_node, live_node):
 def test_busy_when_queue_full(client_node, live_node):
     """A long goal runs; of four concurrent service calls one waits (queue size 1) and is answered,
     the others are answered BUSY at once."""
-    import rclpy
     from ros2_spatial_mllm.srv import AskSpatial
     proc, _ = live_node
     feedback: list = []

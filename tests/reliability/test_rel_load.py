@@ -17,7 +17,6 @@ import json
 import threading
 import time
 
-import pytest
 from harness import percentile, wait_for
 from ros2_spatial_mllm.query_engine import ErrorCode
 

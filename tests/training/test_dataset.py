@@ -59,3 +59,30 @@ def test_generate_with_two_workers_matches_one_worker(tmp_path, capsys):
         a = (tmp_path / "w1" / f"{split}.jsonl").read_text()
         b = (tmp_path / "w2" / f"{split}.jsonl").read_text()
         assert a == b                                    # deterministic from the seeds, whatever the workers
+
+
+def test_a_failing_scene_is_recorded_not_fatal(tmp_path, capsys, monkeypatch):
+    """One scene raising (here: its scene builder) leaves the others written and is listed."""
+    import training.data.scenes as scenes
+    from training.data.generate import GenerateConfig, generate_dataset
+
+    real_make_scene = scenes.make_scene
+    bad_seed = SPLIT_SEED_BASE["val"]
+
+    def make_scene(seed, *args, **kwargs):
+        if seed == bad_seed:
+            raise ValueError("zero-size array to reduction operation minimum which has no identity")
+        return real_make_scene(seed, *args, **kwargs)
+
+    monkeypatch.setattr(scenes, "make_scene", make_scene)
+    cfg = GenerateConfig(num_scenes=3, questions_per_scene=4, num_frames=6, width=64, height=48)
+    summary = generate_dataset(tmp_path / "ds", cfg, workers=1, progress=False)
+    assert summary["failures"] == [{"failed": True, "scene_id": f"val_{bad_seed:08d}", "split": "val", "seed": bad_seed,
+                                    "error": "ValueError: zero-size array to reduction operation minimum which has no identity"}]
+    assert json.loads((tmp_path / "ds" / "failures.json").read_text()) == summary["failures"]
+    assert summary["generated_now"] == 2 and summary["questions"] == 8
+    assert {s: v["scenes"] for s, v in summary["splits"].items()} == {"train": 1, "val": 0, "test": 1}
+    assert (tmp_path / "ds" / "val.jsonl").read_text() == ""
+    monkeypatch.setattr(scenes, "make_scene", real_make_scene)   # resume retries only the failed scene
+    again = generate_dataset(tmp_path / "ds", cfg, workers=1, progress=False)
+    assert again["failures"] == [] and again["generated_now"] == 1 and again["questions"] == 12

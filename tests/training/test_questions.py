@@ -93,3 +93,45 @@ def test_correspondence_points_back(rendered):
                 assert abs(back[0] / ctx.w * 1000 - x1) < 25 and abs(back[1] / ctx.h * 1000 - y1) < 25
                 found += 1
     assert found >= 3
+
+
+def _yaw_rotation(yaw: float, digits: int | None = None) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return rot if digits is None else np.round(rot, digits)
+
+
+def test_box_distance_with_rounded_axes_is_defined_and_exact():
+    """Annotations store normalizedAxes rounded (not exactly orthonormal): the pruned sample set
+    used to come out empty ("zero-size array to reduction operation") for this pair."""
+    from training.data.meta_info import ObjectBox
+    from training.data.spatial_gt import _min_pair_distance, box_distance, box_grid_points
+
+    a = ObjectBox("a", np.array([0.31075157, 0.40895671, 1.84969237]), np.array([0.09081996, 0.50997337, 0.74921553]),
+                  np.array([[0.439, -0.899, 0.0], [0.899, 0.439, 0.0], [0.0, 0.0, 1.0]]))
+    b = ObjectBox("b", np.array([-0.44773307, -1.74841801, 0.90352346]), np.array([0.10601253, 0.40718987, 0.87605218]),
+                  np.array([[-0.986, -0.165, 0.0], [0.165, -0.986, 0.0], [0.0, 0.0, 1.0]]))
+    brute = _min_pair_distance(box_grid_points(a), box_grid_points(b))   # all sample pairs
+    assert box_distance(a, b) == pytest.approx(brute, abs=1e-9) and box_distance(b, a) == pytest.approx(brute, abs=1e-9)
+    rng = np.random.default_rng(7)
+    for i in range(60):   # rounded frames, exact frames, thin and zero-extent boxes
+        digits = (2, 3, None)[i % 3]
+        boxes = [ObjectBox(n, rng.uniform(-1, 1, 3), rng.uniform(0.0, 0.6, 3) * (rng.random(3) > 0.2),
+                           _yaw_rotation(rng.uniform(0, 2 * np.pi), digits)) for n in "ab"]
+        brute = _min_pair_distance(box_grid_points(boxes[0]), box_grid_points(boxes[1]))
+        assert box_distance(*boxes) == pytest.approx(brute, abs=1e-9), i
+    assert _min_pair_distance(np.zeros((0, 3)), np.ones((4, 3))) == np.inf   # empty set: inf, not a crash
+
+
+def test_train_scene_seed_5000000_ground_truth_is_defined():
+    """Regression: the train-split scene with seed 5000000 (reported to abort generate_dataset)."""
+    from training.data.spatial_gt import box_distance
+
+    meta = make_scene(5_000_000, num_frames=4).to_meta()
+    boxes = [b for group in meta.objects.values() for b in group]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            d = box_distance(a, b)
+            assert np.isfinite(d) and d >= 0.0
+    questions = generate_vsibench(meta, random.Random(5_000_000))
+    assert questions["object_abs_distance"] and questions["object_rel_distance"]

@@ -79,6 +79,10 @@ def _cmd_generate(args) -> int:
                          multispa_fraction=args.multispa_fraction)
     summary = generate_dataset(args.out, cfg, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
+    if summary["failures"]:  # recorded, not fatal: one line on stderr, the dataset is still written
+        first = summary["failures"][0]
+        print(f"warning: {len(summary['failures'])} scene(s) failed and were left out (see failures.json); "
+              f"first: {first['scene_id']}: {first['error']}", file=sys.stderr)
     return 0
 
 

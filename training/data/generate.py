@@ -13,6 +13,9 @@ Layout of ``out_dir``::
     train.jsonl / val.jsonl / test.jsonl (+ .parquet), meta_info_<split>.json, summary.json
 
 Scenes run in a process pool (one scene per task, both cores with workers=2) under a tqdm bar.
+A scene that raises is not fatal: it is recorded in ``summary["failures"]`` (scene_id, split, seed,
+error) and in failures.json, left without done.json (so a resume retries it), and left out of the
+split files; the other scenes are written as usual.
 """
 from __future__ import annotations
 
@@ -126,6 +129,16 @@ def process_scene(job: Tuple[str, str, int, str, Dict]) -> Dict:
     return summary
 
 
+def process_scene_or_failure(job: Tuple[str, str, int, str, Dict]) -> Dict:
+    """process_scene, but an exception becomes {"failed": True, scene_id, split, seed, error}."""
+    try:
+        return process_scene(job)
+    except Exception as exc:  # noqa: BLE001 - one bad scene must not abort the dataset
+        message = " ".join(str(exc).split())[:300]
+        return {"failed": True, "scene_id": job[3], "split": job[1], "seed": job[2],
+                "error": f"{type(exc).__name__}: {message}"}
+
+
 def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -141,24 +154,29 @@ def generate_dataset(out_dir: str | Path, cfg: GenerateConfig, workers: int = 2,
     pending = [j for j in jobs if not (root / "scenes" / j[1] / j[3] / "done.json").exists()]
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="scenes", unit="scene", disable=not progress)
+    failures: List[Dict] = []
     if workers <= 1 or len(pending) <= 1:
-        for job in pending:
-            process_scene(job)
+        for result in map(process_scene_or_failure, pending):
+            failures += [result] if result.get("failed") else []
             bar.update(1)
     else:
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
         with ctx.Pool(workers, initializer=_init_worker) as pool:
-            for _ in pool.imap_unordered(process_scene, pending, chunksize=1):
+            for result in pool.imap_unordered(process_scene_or_failure, pending, chunksize=1):
+                failures += [result] if result.get("failed") else []
                 bar.update(1)
     bar.close()
+    failures.sort(key=lambda f: (SPLITS.index(f["split"]), f["seed"]))
+    failed_ids = {f["scene_id"] for f in failures}
     elapsed = time.perf_counter() - t0
-    summary: Dict = {"scenes": len(jobs), "generated_now": len(pending), "elapsed_s": round(elapsed, 2), "splits": {}}
+    summary: Dict = {"scenes": len(jobs), "generated_now": len(pending) - len(failures), "elapsed_s": round(elapsed, 2),
+                     "splits": {}, "failures": failures}
     per_task: Dict[str, int] = {}
     render_s = []
     for split in SPLITS:
         rows, metas = [], {}
         for job in jobs:
-            if job[1] != split:
+            if job[1] != split or job[3] in failed_ids:
                 continue
             sdir = root / "scenes" / split / job[3]
             rows.extend(read_jsonl(sdir / "qa.jsonl"))
@@ -174,5 +192,6 @@ def generate_dataset(out_dir: str | Path, cfg: GenerateConfig, workers: int = 2,
     summary["questions"] = sum(per_task.values())
     if render_s:
         summary["mean_render_s_per_frame"] = round(float(np.mean(render_s)) / cfg.num_frames, 4)
+    (root / "failures.json").write_text(json.dumps(failures, indent=1))
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -57,12 +57,22 @@ def box_grid_points(box: ObjectBox, spacing: float = GRID_SPACING_M) -> np.ndarr
 
 
 def _min_pair_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> float:
+    """Exact minimum distance between point sets a [N,3] and b [M,3]; inf when either is empty."""
+    if len(a) == 0 or len(b) == 0:
+        return math.inf
     best = np.inf
     for i in range(0, len(a), chunk):
         blk = a[i:i + chunk]
-        d2 = (blk * blk).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * blk @ b.T
+        d2 = (blk * blk).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * blk @ b.T   # [n, M]
         best = min(best, float(d2.min()))
     return math.sqrt(max(best, 0.0))
+
+
+def _frame_stretch(box: ObjectBox) -> float:
+    """Largest singular value of the box rotation: ObjectBox.distance_to (computed in box
+    coordinates) is at most this times the true Euclidean distance. 1 for an orthonormal frame;
+    annotations store normalizedAxes rounded, so theirs are only nearly orthonormal."""
+    return max(1.0, float(np.linalg.norm(box.rotation, 2)))
 
 
 def box_distance(a: ObjectBox, b: ObjectBox, spacing: float = GRID_SPACING_M) -> float:
@@ -71,13 +81,18 @@ def box_distance(a: ObjectBox, b: ObjectBox, spacing: float = GRID_SPACING_M) ->
     Pruning: U = an achieved pair distance (the A sample nearest to box B against all B samples,
     and vice versa); a sample farther than U from the other solid box cannot be in the optimal
     pair, because its distance to any sample of that box is at least its distance to the box.
+    The box distance is computed in box coordinates, which over-estimate it by up to the frame's
+    stretch when the axes are not exactly orthonormal (rounded annotations), so the bound is
+    scaled by that; if a pruned set still comes out empty the full set is used (always
+    well-defined, never a reduction over an empty array).
     """
-    pa, pb = box_grid_points(a, spacing), box_grid_points(b, spacing)
-    da, db = b.distance_to(pa), a.distance_to(pb)
+    pa, pb = box_grid_points(a, spacing), box_grid_points(b, spacing)   # [N,3], [M,3], never empty
+    da, db = b.distance_to(pa), a.distance_to(pb)                       # [N], [M]
     a0, b0 = pa[int(np.argmin(da))], pb[int(np.argmin(db))]
     upper = min(float(np.linalg.norm(pb - a0, axis=1).min()), float(np.linalg.norm(pa - b0, axis=1).min()))
-    sa, sb = pa[da <= upper + 1e-9], pb[db <= upper + 1e-9]
-    return min(upper, _min_pair_distance(sa, sb))
+    sa = pa[da <= upper * _frame_stretch(b) + 1e-9]
+    sb = pb[db <= upper * _frame_stretch(a) + 1e-9]
+    return min(upper, _min_pair_distance(sa if len(sa) else pa, sb if len(sb) else pb))
 
 
 def category_distance(boxes_a: Sequence[ObjectBox], boxes_b: Sequence[ObjectBox]) -> float:
