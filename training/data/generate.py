@@ -160,7 +160,9 @@ def generate_dataset(out_dir: str | Path, cfg: GenerateConfig, workers: int = 2,
             failures += [result] if result.get("failed") else []
             bar.update(1)
     else:
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        # forkserver, not fork: a fork of a process that already runs threads (torch's pools, a
+        # DDS participant in the same process) can inherit a held lock and hang the child.
+        ctx = mp.get_context("forkserver" if os.name == "posix" else "spawn")
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             for result in pool.imap_unordered(process_scene_or_failure, pending, chunksize=1):
                 failures += [result] if result.get("failed") else []
