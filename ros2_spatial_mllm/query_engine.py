@@ -140,6 +140,34 @@ class QueryHandle:
                 log.exception("on_stage callback failed")
 
 
+MIN_RETRY_FRAMES = 2
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/accelerator OOM (torch.OutOfMemoryError), host MemoryError, or a backend's
+    RuntimeError that says so (ONNX Runtime, TensorRT)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_cached_memory() -> None:
+    import gc
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def thin_frames(frames: list, k: int) -> list:
+    """k of the frames, evenly spaced, in time order."""
+    keep = np.unique(np.linspace(0, len(frames) - 1, max(1, k)).round().astype(int))
+    return [frames[i] for i in keep]
+
+
 class QueryEngine:
     """Runs spatial queries for a FrameBuffer with one model (see module docstring).
 
@@ -318,6 +346,9 @@ class QueryEngine:
                     self._running = None
 
     def _execute(self, handle: QueryHandle) -> QueryResponse:
+        """Run one query. Out of memory in the model is retried with half the frames (evenly
+        thinned, time order kept) down to MIN_RETRY_FRAMES, then answered INTERNAL with the reason;
+        the response message says when fewer frames were used."""
         request, t_start = handle.request, time.monotonic()
         latency = dict.fromkeys(LATENCY_KEYS, 0.0)
         latency["queue_ms"] = (t_start - handle.submitted) * 1e3
@@ -342,6 +373,7 @@ class QueryEngine:
         if model is None:
             return _error(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}")
         tokens: list[str] = []
+        retried = 0
 
         def on_token(text: str) -> None:
             if not tokens:
@@ -354,9 +386,21 @@ class QueryEngine:
         with self.model_lock:
             if handle.should_stop():
                 return _error(ErrorCode.CANCELLED if handle.cancel_requested else ErrorCode.TIMEOUT, "stopped")
-            result = model.answer([np.ascontiguousarray(f.rgb) for f in picked], request.question,
-                                  list(request.options) or None, max_new_tokens=request.max_new_tokens,
-                                  on_token=on_token, should_stop=handle.should_stop)
+            while True:
+                try:
+                    result = model.answer([np.ascontiguousarray(f.rgb) for f in picked], request.question,
+                                          list(request.options) or None, max_new_tokens=request.max_new_tokens,
+                                          on_token=on_token, should_stop=handle.should_stop)
+                    break
+                except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                    if not is_out_of_memory(exc):
+                        raise
+                    release_cached_memory()
+                    if len(picked) <= MIN_RETRY_FRAMES or tokens:
+                        return _error(ErrorCode.INTERNAL, f"out of memory with {len(picked)} frame(s): {exc}")
+                    log.warning("out of memory with %d frames; retrying with %d", len(picked), len(picked) // 2)
+                    picked = thin_frames(picked, len(picked) // 2)
+                    retried = len(picked)
         if handle.cancel_requested:
             return _error(ErrorCode.CANCELLED, "query cancelled")
         if getattr(result, "cancelled", False) or time.monotonic() > handle.deadline:
@@ -366,7 +410,10 @@ class QueryEngine:
         for key in MODEL_TIMING_KEYS:
             latency[f"{key}_ms"] = float(timings.get(key, 0.0))
         parsed = parse_answer(result.text, list(request.options) or None)
-        note = "" if used == request.sampling else f"sampling fell back to {used}: geometry not ready"
+        notes = [] if used == request.sampling else [f"sampling fell back to {used}: geometry not ready"]
+        if retried:
+            notes.append(f"out of memory: answered from {retried} of {len(chosen)} frames")
+        note = "; ".join(notes)
         response = QueryResponse(ErrorCode.OK, note, parsed.text, parsed, [f.stamp_ns for f in picked],
                                  coverage, int(getattr(result, "num_tokens", len(tokens))),
                                  used, len(picked), handle.request_id, latency)

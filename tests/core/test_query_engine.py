@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from ros2_spatial_mllm.bag import synthetic
 from ros2_spatial_mllm.buffer import Frame, FrameBuffer
@@ -261,3 +262,40 @@ def test_space_aware_query_picks_through_the_worker_voxel_index(engine, scene_fr
                                            worker.voxels_for([f.stamp_ns for f in scene_frames]))
     assert out.frame_stamps_ns == [scene_frames[i].stamp_ns for i in chosen]     # = the stateless pick
     assert out.coverage == coverage and used == "space_aware"
+
+
+class _MemoryLimitedModel:
+    """Fault injection around the real tiny model: raises the accelerator's out-of-memory error
+    whenever it is given more than `limit` frames (what a GPU does past its memory)."""
+
+    def __init__(self, model, limit):
+        self.model, self.limit, self.calls = model, limit, []
+
+    def answer(self, frames, *args, **kwargs):
+        self.calls.append(len(frames))
+        if len(frames) > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {len(frames)} frames)")
+        return self.model.answer(frames, *args, **kwargs)
+
+    def predict_geometry(self, *args, **kwargs):
+        return self.model.predict_geometry(*args, **kwargs)
+
+
+@pytest.mark.parametrize("limit, calls, code", [(3, [8, 4, 2], ErrorCode.OK), (1, [8, 4, 2], ErrorCode.INTERNAL)])
+def test_out_of_memory_retries_with_fewer_frames_then_errors(model, scene_frames, limit, calls, code):
+    buf = FrameBuffer(max_frames=64)
+    for frame in scene_frames:
+        buf.add(frame)
+    eng = QueryEngine(buf, EngineConfig(num_frames=8, timeout_s=20.0))
+    limited = _MemoryLimitedModel(model, limit)
+    eng.attach_model(limited)
+    try:
+        out = eng.ask(QueryRequest("How many boxes?", sampling="uniform", max_new_tokens=2))
+    finally:
+        eng.shutdown(close_model=False)
+    assert limited.calls == calls and out.code == code, (limited.calls, out)
+    if code == ErrorCode.OK:
+        assert len(out.frame_stamps_ns) == 2 and "answered from 2 of 8 frames" in out.message
+        assert out.frame_stamps_ns == sorted(out.frame_stamps_ns)
+    else:
+        assert "out of memory with 2 frame(s)" in out.message
