@@ -23,6 +23,7 @@ demo-ros: setup
 	@bash scripts/demo_ros.sh "$(BAG)" "$(ROS_QUESTION)"
 
 test: setup
+	@$(PY) scripts/clean_stale_dds_shm.py
 	@OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow" -q
 
 test-slow: setup

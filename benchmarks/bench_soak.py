@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
-from harness import (Diagnostics, NodeProc, RosClient, percentile, publisher_summary,  # noqa: E402
+from harness import (Diagnostics, NodeProc, RosClient, percentile, publisher_summary, ros_env,  # noqa: E402
                      start_publisher, wait_for)
 
 QUESTIONS = [("How many boxes are there?", []), ("Which box is closest to the camera?", ["red", "green", "blue"]),
@@ -154,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json", help="JSON output")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.update(ros_env())  # this process's client must share the node's ROS domain
     width, height = (int(v) for v in args.size.lower().split("x"))
     result = run_soak(args.duration, args.rate, (width, height), args.ask_period, args.warmup, args.buffer_mb,
                       args.keyframe_interval, args.num_frames, qos_reliability=args.qos)

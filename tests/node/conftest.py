@@ -66,7 +66,7 @@ def _factory(log_dir: Path):
 
     def start(name: str = "spatial_mllm_node", params: dict | None = None,
               params_file: str | None = None, extra_args: list[str] | None = None):
-        proc = NodeProcess(name, params or {}, params_file, extra_args or [], log_dir / f"{name}.log")
+        proc = NodeProcess(name, params or {}, log_dir / f"{name}.log", params_file, extra_args or [])
         started.append(proc)
         return proc
 

@@ -1,69 +1,17 @@
 """Helpers for the node tests: start the node process, call its service/action, publish frames."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-NODE_EXE = Path(sys.executable).parent / "spatial_mllm_node"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared node_process
+from node_process import NODE_EXE, ROOT, NodeProcess  # noqa: E402,F401 - re-exported for the tests
 
 # Small test frames: 64x48 so decode/encode stay in the microseconds.
 FRAME_H, FRAME_W = 48, 64
-
-
-def _param_arg(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-class NodeProcess:
-    """`spatial_mllm_node` as a child process (the console script the package installs)."""
-
-    def __init__(self, name: str, params: dict, params_file: str | None, extra_args: list[str],
-                 log_path: Path) -> None:
-        self.name, self.log_path = name, log_path
-        cmd = [str(NODE_EXE) if NODE_EXE.exists() else sys.executable, *(
-            [] if NODE_EXE.exists() else ["-m", "ros2_spatial_mllm.node"]), "--ros-args",
-            "-r", f"__node:={name}"]
-        if params_file:
-            cmd += ["--params-file", str(params_file)]
-        for key, value in params.items():
-            cmd += ["-p", f"{key}:={_param_arg(value)}"]
-        cmd += extra_args
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env=dict(os.environ))
-
-    @property
-    def fqn(self) -> str:
-        return f"/{self.name}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
 
 
 # ---------------------------------------------------------------------------- calls

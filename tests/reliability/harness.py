@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-NODE_EXE = Path(sys.executable).parent / "spatial_mllm_node"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared node_process
+from node_process import NODE_EXE, ROOT, NodeProcess  # noqa: E402,F401 - NODE_EXE/ROOT used by callers
 PUBLISHER = Path(__file__).resolve().parent / "stream_publisher.py"
 
 
@@ -41,51 +40,17 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def _arg(value) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-class NodeProc:
-    """The node as a child process; log in `log_path`."""
+class NodeProc(NodeProcess):
+    """The node as a child process with this harness's environment (ros_env) and RSS reading."""
 
     def __init__(self, name: str, params: dict, log_path: Path) -> None:
-        self.name, self.log_path = name, Path(log_path)
-        cmd = [str(NODE_EXE), "--ros-args", "-r", f"__node:={name}"]
-        for key, value in params.items():
-            cmd += ["-p", f"{key}:={_arg(value)}"]
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=ros_env())
-
-    @property
-    def fqn(self) -> str:
-        return f"/{self.name}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        super().__init__(name, params, log_path, env=ros_env())
 
     def rss_mb(self) -> float | None:
         return rss_mb(self.proc.pid)
 
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
     def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
+        return super().stop(timeout)
 
 
 class RosClient:
