@@ -28,7 +28,9 @@ def live_node(client_node, module_node_factory):
 
     proc = module_node_factory("query_node", params={
         "autostart": True, "image_topic": "camera/image", "geometry_source": "auto",
-        "num_frames": 4, "max_new_tokens": 6, "query_queue_size": 1, "diagnostics_period_s": 0.2})
+        "num_frames": 4, "max_new_tokens": 6, "query_queue_size": 1, "diagnostics_period_s": 0.2,
+        # exact counts below need every message delivered: the default sensor-data QoS is best effort
+        "qos_reliability": "reliable", "qos_depth": 50})
     assert wait_until(lambda: lifecycle_state(client_node, proc.fqn) == "active", 60.0), proc.log()
     diag = DiagnosticsWatcher(client_node, proc.fqn)
     pub = client_node.create_publisher(Image, "/camera/image", QoSProfile(depth=50))
