@@ -44,7 +44,8 @@ from ros2_spatial_mllm.msg import SpatialAnswer
 from ros2_spatial_mllm.query_engine import (EngineConfig, ErrorCode, QueryEngine, QueryResponse)
 from ros2_spatial_mllm.ros import convert
 from ros2_spatial_mllm.ros.answer_views import AnswerViews
-from ros2_spatial_mllm.ros.process import limit_heap_growth
+from ros2_spatial_mllm.ros.process import (CallbackErrors, enable_stack_dumps, limit_heap_growth,
+                                          spin_until_shutdown)
 from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
 from ros2_spatial_mllm.ros.intake import FrameIntake
 from ros2_spatial_mllm.ros.params import NodeConfig
@@ -72,6 +73,7 @@ class SpatialMllmNode(LifecycleNode):
         self._state_label = "unconfigured"
         self._model_info: dict = {}
         self._lock = threading.Lock()
+        self.callback_errors = CallbackErrors()
         self._query_group = ReentrantCallbackGroup()
         # Requests must reach the QueryEngine to be answered BUSY: the default service QoS (keep
         # last 10) silently drops a burst of 20 clients' requests before any callback runs.
@@ -347,7 +349,7 @@ class SpatialMllmNode(LifecycleNode):
                 self.intake.error_counts() if self.intake is not None else {},
                 {k: v for k, v in (geometry or {}).items() if isinstance(v, (int, float))} or None,
                 self.engine.stats() if self.engine is not None else None,
-                dict(self._model_info),
+                {**self._model_info, "callback_errors": self.callback_errors.count},
                 age_since(self.intake.last_frame_monotonic) if self.intake is not None else None)
             self._diag_pub.publish(array)
         except Exception as exc:  # noqa: BLE001
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point `spatial_mllm_node` (console script and `ros2 run`)."""
     enforce_offline()            # the node never reaches a model hub
     limit_heap_growth()          # long runs: return big frame buffers to the OS (see below)
+    enable_stack_dumps()         # kill -USR1 <pid>: all thread stacks into the log
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
     try:
@@ -392,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         if node.get_parameter("autostart").value:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
-        executor.spin()
+        spin_until_shutdown(executor, node.get_logger(), node.callback_errors, rclpy.ok)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - one line, no traceback (CLI rule)

@@ -52,6 +52,16 @@ class NodeProc(NodeProcess):
     def stop(self, timeout: float = 15.0) -> int:
         return super().stop(timeout)
 
+    def post_mortem(self, tail: int = 4000) -> str:
+        """For a failing assertion: whether the node lives, and its log tail with every thread's
+        stack (the node dumps them on SIGUSR1) when it does."""
+        import signal
+        alive = self.alive()
+        if alive:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+        return f"node alive={alive} rc={self.proc.poll()}\n" + self.log()[-tail:]
+
 
 class RosClient:
     """A client node in its own rclpy Context, spun by a background thread."""

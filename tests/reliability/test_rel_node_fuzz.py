@@ -13,14 +13,18 @@ import math
 import time
 
 from builtin_interfaces.msg import Time
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import STAMPS
 from harness import wait_for
 from ros2_spatial_mllm.query_engine import ErrorCode
 
-FUZZ = settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# No shrinking: every example runs against one long-lived node, so a failure is about the node's
+# state, and shrinking would re-run a stuck node for minutes (a post-mortem is attached instead).
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
+FUZZ = settings(max_examples=25, deadline=None, database=None, phases=PHASES,
+                suppress_health_check=list(HealthCheck))
 # text without lone surrogates (rclpy cannot serialise them)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
 times = st.one_of(st.builds(Time, sec=st.integers(-2**31, 2**31 - 1), nanosec=st.integers(0, 2**32 - 1)),
@@ -53,7 +57,10 @@ def ask_fields(draw):
 @given(fields=ask_fields())
 def test_service_requests_always_get_a_documented_code(ros_client, shared_node, fields):
     proc, _, _, _ = shared_node
-    reply = ros_client.ask(proc.fqn, timeout=60.0, **fields)
+    try:
+        reply = ros_client.ask(proc.fqn, timeout=60.0, **fields)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{proc.post_mortem()}") from None
     window_start, window_end = fields["window_start"], fields["window_end"]
     code = ErrorCode(reply.error_code)
     event(code.name)
@@ -68,7 +75,7 @@ def test_service_requests_always_get_a_documented_code(ros_client, shared_node, 
         assert reply.error_message and not reply.frame_stamps
 
 
-@settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, database=None, phases=PHASES, suppress_health_check=list(HealthCheck))
 @given(fields=ask_fields())
 def test_action_goals_always_get_a_documented_code(ros_client, shared_node, fields):
     from rclpy.action import ActionClient
@@ -77,11 +84,11 @@ def test_action_goals_always_get_a_documented_code(ros_client, shared_node, fiel
     proc, _, _, _ = shared_node
     action = ActionClient(ros_client.node, AskAction, f"{proc.fqn}/ask")
     try:
-        assert action.wait_for_server(timeout_sec=30.0)
+        assert action.wait_for_server(timeout_sec=30.0), proc.post_mortem()
         sent = action.send_goal_async(AskAction.Goal(**fields))
-        assert wait_for(sent.done, 30.0) and sent.result().accepted
+        assert wait_for(sent.done, 30.0) and sent.result().accepted, proc.post_mortem()
         done = sent.result().get_result_async()
-        assert wait_for(done.done, 60.0)
+        assert wait_for(done.done, 60.0), proc.post_mortem()
         result = done.result().result
         code = ErrorCode(result.error_code)
         event(code.name)
@@ -108,7 +115,7 @@ def _bad_images():
     return build()
 
 
-@settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, database=None, phases=PHASES, suppress_health_check=list(HealthCheck))
 @given(batch=st.lists(_bad_images(), min_size=1, max_size=6))
 def test_malformed_image_messages_are_counted_and_survived(ros_client, shared_node, batch):
     from ros2_spatial_mllm.image_codec import ImageDecodeError, decode_rgb
@@ -123,7 +130,7 @@ def test_malformed_image_messages_are_counted_and_survived(ros_client, shared_no
             undecodable += 1
         pub.publish(msg)
     assert wait_for(lambda: int(diag.get("input", "received")) == received0 + len(batch), 10.0), \
-        (received0, len(batch), diag.latest["input"])
+        (received0, len(batch), diag.latest["input"], proc.post_mortem())
     time.sleep(0.15)
     assert int(diag.get("input", "dropped_decode_error")) == decode0 + undecodable
     assert diag.get("input", "frames") == str(len(STAMPS)) and proc.alive()
@@ -131,6 +138,9 @@ def test_malformed_image_messages_are_counted_and_survived(ros_client, shared_no
 
 def test_node_still_serves_after_fuzzing(ros_client, shared_node):
     proc, diag, _, _ = shared_node
-    reply = ros_client.ask(proc.fqn, "How many boxes are there?", sampling="uniform")
+    try:
+        reply = ros_client.ask(proc.fqn, "How many boxes are there?", sampling="uniform")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{proc.post_mortem()}") from None
     assert reply.error_code == ErrorCode.OK and len(reply.frame_stamps) == 4
     assert diag.get("model", "queries_INTERNAL") == "0" and proc.alive()
