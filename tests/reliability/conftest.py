@@ -24,10 +24,7 @@ os.environ.pop("ROS_LOCALHOST_ONLY", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 PID = os.getpid()
 
-T0_NS = 1_760_000_000 * 10**9          # stamps of the frames the fixtures publish
-STEP_NS = 100_000_000
-N_FRAMES = 12
-STAMPS = [T0_NS + i * STEP_NS for i in range(N_FRAMES)]
+from harness import N_FRAMES, STAMPS, STEP_NS, T0_NS, image_messages, publish  # noqa: E402,F401
 
 
 def _build_error() -> str | None:
@@ -77,38 +74,6 @@ def node_factory(tmp_path):
     yield start
     for proc in started:
         proc.stop()
-
-
-def image_messages(stamps, width: int = 64, height: int = 48, frame_id: str = "camera"):
-    """Distinct rgb8 sensor_msgs/Image per stamp."""
-    import numpy as np
-    from sensor_msgs.msg import Image
-    out = []
-    for i, stamp in enumerate(stamps):
-        yy, xx = np.mgrid[0:height, 0:width]
-        rgb = np.stack([(xx * 4 + i * 9) % 256, (yy * 5) % 256, np.full_like(xx, (i * 37) % 256)], -1).astype(np.uint8)
-        rgb[10:22, (i * 5) % (width - 12):(i * 5) % (width - 12) + 12] = 255
-        msg = Image(height=height, width=width, encoding="rgb8", step=3 * width, data=rgb.tobytes())
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp), 1_000_000_000)
-        msg.header.frame_id = frame_id
-        out.append(msg)
-    return out
-
-
-def publish(client, topic: str, messages, gap: float = 0.01, wait: float = 30.0):
-    """Publish on a reliable depth-100 publisher once the node subscribed; returns the publisher."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CompressedImage, Image
-    from harness import wait_for
-    kind = type(messages[0]) if messages else Image
-    pub = client.node.create_publisher(kind if kind in (Image, CompressedImage) else Image, topic,
-                                       QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    assert wait_for(lambda: pub.get_subscription_count() > 0, wait), f"nobody subscribed to {topic}"
-    time.sleep(0.3)
-    for msg in messages:
-        pub.publish(msg)
-        time.sleep(gap)
-    return pub
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import STAMPS, STEP_NS, image_messages, publish
-from harness import Diagnostics, ros_env, wait_for
+from harness import STAMPS, STEP_NS, Diagnostics, image_messages, publish, ros_env, wait_for
 from ros2_spatial_mllm.query_engine import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,7 @@ from builtin_interfaces.msg import Time
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import STAMPS
-from harness import wait_for
+from harness import STAMPS, wait_for
 from ros2_spatial_mllm.query_engine import ErrorCode
 
 # No shrinking: every example runs against one long-lived node, so a failure is about the node's
