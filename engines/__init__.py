@@ -7,6 +7,7 @@
     engines.trt_builder   build_engine(onnx, BuildOptions) on the tensorrt Python API (lazy)
     engines.trt_runtime   TensorRTEngine: run an engine on torch CUDA tensors, no host copies
     engines.calibration   INT8 calibration batches from the data engine or .npy/.npz files
-    engines.cli           `spatial-mllm-engines` (export / build / status / verify)
+    engines.quantize      INT8/FP8 Q/DQ copies of an export folder (ModelOpt, scene calibration)
+    engines.cli           `spatial-mllm-engines` (export / quantize / build / status / verify)
 Runtime backends that use these live in ros2_spatial_mllm.backends.
 """

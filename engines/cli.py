@@ -4,6 +4,8 @@
     spatial-mllm-engines export --model ~/models/Spatial-MLLM --dtype fp16 --out engines_out/fp16
     spatial-mllm-engines build --onnx-dir engines_out/fp16 --precision fp16 \
         --timing-cache ~/.cache/ros2_spatial_mllm/timing.cache            # GPU + TensorRT
+    spatial-mllm-engines quantize --onnx-dir engines_out/fp16 --out engines_out/fp8 --mode fp8 \
+        --calib-scenes 16                                                  # NVIDIA ModelOpt
     spatial-mllm-engines status --onnx-dir engines_out/tiny --precision fp16 \
         --trt-version 10.3.0 --gpu-name Orin --compute-capability 8.7     # works on CPU
     spatial-mllm-engines verify ~/.cache/ros2_spatial_mllm/engines/connector/<key>.engine
@@ -26,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="export encoders + connector to ONNX")
     e.add_argument("--preset", default="tiny", choices=("tiny", "official"),
-                   help="random-weight preset when --model is not given")
+                   help="without --model: tiny = the embedded tiny checkpoint (what the node "
+                   "loads by default), official = official sizes with random weights")
     e.add_argument("--model", help="local Spatial-MLLM checkpoint directory")
     e.add_argument("--out", required=True, help="output folder (ONNX + export_manifest.json)")
     e.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
@@ -34,15 +37,27 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--components", default="spatial_encoder,spatial_geometry,vision_encoder,"
                    "connector", help="comma-separated components")
     e.add_argument("--frames", default="2:16:32", help="frame-count range MIN:OPT:MAX (even)")
-    e.add_argument("--height", default="112:476:644", help="image height range (x28)")
-    e.add_argument("--width", default="112:644:644", help="image width range (x28)")
+    e.add_argument("--height", default="56:476:644",
+                   help="image height range (x28; 56 = the side of Qwen's min_pixels)")
+    e.add_argument("--width", default="56:644:644", help="image width range (x28)")
     b = sub.add_parser("build", help="build + cache TensorRT engines (needs TensorRT + GPU)")
     _engine_args(b)
-    b.add_argument("--timing-cache", help="timing cache file (read and updated)")
+    b.add_argument("--timing-cache", help="timing cache file, read and updated "
+                   "(default: <cache-dir>/timing.cache)")
     b.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace (GiB)")
     b.add_argument("--calib-dir", help="folder of .npy/.npz calibration batches (int8)")
     b.add_argument("--calib-scenes", type=int, default=0,
                    help="render N procedural scenes with the data engine as calibration (int8)")
+    q = sub.add_parser("quantize", help="copy an export with INT8/FP8 Q/DQ encoders (ModelOpt), "
+                       "calibrated on data-engine scenes (TensorRT 11 int8, any fp8)")
+    q.add_argument("--onnx-dir", required=True, help="output folder of `export` (float)")
+    q.add_argument("--out", required=True, help="new export folder with Q/DQ components")
+    q.add_argument("--mode", default="fp8", choices=("int8", "fp8"), help="quantized type")
+    q.add_argument("--components", default="spatial_encoder,spatial_geometry,vision_encoder",
+                   help="comma-separated components to quantize (others are copied)")
+    q.add_argument("--calib-scenes", type=int, default=16,
+                   help="render N procedural scenes with the data engine as calibration")
+    q.add_argument("--calib-dir", help="folder of .npy/.npz calibration batches instead")
     s = sub.add_parser("status", help="which engines are cached / missing / stale")
     _engine_args(s)
     s.add_argument("--trt-version", help="TensorRT version of the target (default: installed)")
@@ -67,16 +82,20 @@ def cmd_export(args) -> int:
 
     ranges = ExportRanges(parse_range(args.frames), parse_range(args.height), parse_range(args.width))
     ranges.validate()
-    if args.model:
+    model_dir = args.model
+    if model_dir is None and args.preset == "tiny":
+        from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+        model_dir = TINY_ASSETS_DIR
+    if model_dir is not None:
         from ros2_spatial_mllm.model.checkpoint import load_checkpoint
-        model, _ = load_checkpoint(args.model)
-        preset = "checkpoint"
+        model, _ = load_checkpoint(model_dir)
+        preset = "checkpoint" if args.model else "tiny"
     else:
         from engines.model_factory import build_model
         model, preset = build_model(args.preset), args.preset
     components = [c for c in args.components.split(",") if c]
     manifest = export_all(model, args.out, components=components, dtype=args.dtype,
-                          ranges=ranges, preset=preset)
+                          ranges=ranges, preset=preset, model_dir=model_dir)
     for name, entry in manifest["components"].items():
         print(f"{name}: {args.out}/{entry['onnx']} ({entry['export_s']} s)")
     return 0
@@ -96,10 +115,11 @@ def cmd_build(args) -> int:
     from ros2_spatial_mllm.backends.tensorrt_backend import engine_plan
 
     cache = EngineCache(args.cache_dir)
+    timing_cache = args.timing_cache or str(cache.root / "timing.cache")
     for component, onnx_path, profiles in _selected(engine_plan(args.onnx_dir, require=()), args.components):
         calib = _calibration(args, profiles)
         options = BuildOptions(precision=args.precision, profiles=profiles,
-                               timing_cache_path=args.timing_cache,
+                               timing_cache_path=timing_cache,
                                workspace_bytes=int(args.workspace_gb * (1 << 30)),
                                calibration_batches=calib)
         key = make_engine_key(onnx_path, args.precision, profiles)
@@ -110,17 +130,23 @@ def cmd_build(args) -> int:
 
 
 def _calibration(args, profiles):
+    """TensorRT 10 implicit INT8: calibrator batches at the first profile's opt shape."""
     if args.precision != "int8" or not profiles:
         return None
-    rng = profiles[0].ranges[0]
-    if args.calib_dir:
-        from engines.calibration import directory_calibration_batches
-        return directory_calibration_batches(args.calib_dir, rng.name)
-    if args.calib_scenes and len(rng.opt_shape) == 5:
-        from engines.calibration import scene_calibration_batches
-        _, frames, _, height, width = rng.opt_shape
-        return scene_calibration_batches(args.calib_scenes, frames, height, width, rng.name)
-    return None
+    from engines.quantize import calibration_batches_for
+
+    return calibration_batches_for(profiles[0], args.calib_dir, args.calib_scenes)
+
+
+def cmd_quantize(args) -> int:
+    from engines.quantize import quantize_export
+
+    components = [c for c in args.components.split(",") if c]
+    manifest = quantize_export(args.onnx_dir, args.out, args.mode, components,
+                               calib_dir=args.calib_dir, calib_scenes=args.calib_scenes)
+    for name in manifest["quantized"]["components"]:
+        print(f"{name}: {args.out}/{manifest['components'][name]['onnx']} ({args.mode} Q/DQ)")
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -161,8 +187,8 @@ def cmd_verify(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"export": cmd_export, "build": cmd_build, "status": cmd_status,
-                "verify": cmd_verify}
+    handlers = {"export": cmd_export, "build": cmd_build, "quantize": cmd_quantize,
+                "status": cmd_status, "verify": cmd_verify}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

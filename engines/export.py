@@ -36,11 +36,12 @@ OPSET = 18
 @dataclass
 class ExportRanges:
     """Declared (min, opt, max) ranges. Frames even (Qwen temporal patch 2); sides multiples of
-    28 (patch 14 x merge 2). Tokens = merged video tokens of one query (connector input N)."""
+    28 (patch 14 x merge 2). Tokens = merged video tokens of one query (connector input N).
+    spatial_geometry (sampling heads, no temporal patch) accepts 1..max frames, odd included."""
 
     frames: tuple[int, int, int] = (2, 16, 32)
-    height: tuple[int, int, int] = (112, 476, 644)
-    width: tuple[int, int, int] = (112, 644, 644)
+    height: tuple[int, int, int] = (56, 476, 644)
+    width: tuple[int, int, int] = (56, 644, 644)
 
     def tokens(self) -> tuple[int, int, int]:
         return tuple(f // 2 * (h // 28) * (w // 28)
@@ -59,9 +60,14 @@ class ExportRanges:
 def component_profiles(component: str, ranges: ExportRanges,
                        merged_dim: int) -> list[OptimizationProfile]:
     """Optimisation profile(s) of a component for the declared ranges."""
-    if component in ("spatial_encoder", "spatial_geometry", "vision_encoder"):
+    if component in ("spatial_encoder", "vision_encoder"):
         name = "frames" if component == "vision_encoder" else "images"
         return frame_count_profiles(name, [ranges.frames], ranges.height, ranges.width)
+    if component == "spatial_geometry":
+        # the geometry worker's chunks may hold a single frame (the first keyframe) or an odd
+        # count: VGGT itself has no temporal patch, so this profile starts at 1 frame
+        frames = (1, ranges.frames[1], ranges.frames[2])
+        return frame_count_profiles("images", [frames], ranges.height, ranges.width)
     if component == "connector":
         lo, mid, hi = ranges.tokens()
         return [OptimizationProfile((TensorShapeRange("packed_spatial", (lo, merged_dim),
@@ -132,14 +138,23 @@ def export_component(model: Any, component: str, out_dir: str | Path, dtype: str
 
 def export_all(model: Any, out_dir: str | Path, components: Sequence[str] = COMPONENTS,
                dtype: str = "fp32", ranges: Optional[ExportRanges] = None,
-               preset: str = "custom") -> dict:
+               preset: str = "custom", model_dir: Optional[str | Path] = None) -> dict:
     """Export components and write <out_dir>/export_manifest.json (paths relative to out_dir,
-    sha256 over graph + external data, declared ranges and the matching profiles)."""
+    sha256 over graph + external data, declared ranges and the matching profiles). With
+    `model_dir` (the checkpoint `model` was loaded from) the manifest also records that model's
+    identity (model_config_hash, model_revision: ros2_spatial_mllm.safety.model_identity), which
+    the node's loader compares with the model it loads (safety.check_onnx_export)."""
     ranges = ranges or ExportRanges()
     ranges.validate()
     out_dir = Path(out_dir)
     manifest = {"preset": preset, "dtype": dtype, "opset": OPSET,
                 "ranges": asdict(ranges), "components": {}}
+    if model_dir is not None:
+        from ros2_spatial_mllm.safety import model_identity
+
+        identity = model_identity(model_dir)
+        manifest.update(model_dir=str(model_dir), model_config_hash=identity["config_hash"],
+                        model_revision=identity["revision"])
     merged_dim = int(model.connector.merged_dim)
     for component in components:
         t0 = time.perf_counter()

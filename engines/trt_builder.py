@@ -92,15 +92,16 @@ def plan_precision(precision: str, weak_typing: bool, has_calibration: bool,
         if precision == "int8":
             if not has_calibration:
                 raise ValueError("int8 without Q/DQ nodes needs calibration frames "
-                                 "(--calib-frames) or a Q/DQ ONNX (engines.trt_builder.quantize_onnx)")
+                                 "(build --calib-scenes N / --calib-dir) or a Q/DQ ONNX "
+                                 "(spatial-mllm-engines quantize --mode int8)")
             return PrecisionPlan(("INT8", "FP16"), False, True, "")
-        raise ValueError("fp8 needs a Q/DQ ONNX (engines.trt_builder.quantize_onnx with "
-                         "calibration frames); TensorRT has no fp8 calibrator")
+        raise ValueError("fp8 needs a Q/DQ ONNX (spatial-mllm-engines quantize --mode fp8, "
+                         "calibrated on data-engine scenes); TensorRT has no fp8 calibrator")
     # TensorRT 11: strongly typed, precision must be in the graph
     wanted = {"fp32": "float", "fp16": "float16", "bf16": "bfloat16"}.get(precision)
     if wanted is None:
         raise ValueError(f"TensorRT 11 builds {precision} only from a Q/DQ ONNX: run "
-                         "engines.trt_builder.quantize_onnx (NVIDIA ModelOpt) with calibration frames")
+                         f"spatial-mllm-engines quantize --mode {precision} (NVIDIA ModelOpt)")
     if wanted not in onnx_float_types:
         raise ValueError(f"TensorRT 11 is strongly typed: a {precision} engine needs a {precision} "
                          f"ONNX (export with --dtype {precision}); this ONNX has "
@@ -235,6 +236,7 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions) -> bytes:
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build {onnx_path} (see the log above)")
     if options.timing_cache_path and timing_cache is not None:
+        Path(options.timing_cache_path).parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(Path(options.timing_cache_path), bytes(config.get_timing_cache().serialize()))
     print(f"[trt] built {Path(onnx_path).name} ({options.precision}) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -354,6 +356,9 @@ def quantize_onnx(onnx_path: str, output_path: str, mode: str,
     if not stacked:
         raise ValueError("no calibration batches given")
     calib = {k: np.concatenate(v, axis=0) for k, v in stacked.items()}
+    from engines.engine_cache import _external_data_files
+
     quantize(onnx_path=onnx_path, quantize_mode=mode, calibration_data=calib,
-             output_path=output_path)
+             output_path=output_path,  # > 2 GB graphs (official size) keep external weights
+             use_external_data_format=bool(_external_data_files(Path(onnx_path))))
     return output_path

@@ -61,6 +61,8 @@ class TensorRTBackend(EncoderBackend):
 
         require_tensorrt()
         self.cache = EngineCache(cache_dir)
+        if timing_cache_path is None:  # same default as `spatial-mllm-engines build`
+            timing_cache_path = str(self.cache.root / "timing.cache")
         self.engines: dict[str, Any] = {}
         for component, onnx_path, profiles in engine_plan(onnx_dir):
             key = make_engine_key(onnx_path, precision, profiles)

@@ -16,5 +16,6 @@ def tiny_model():
 def tiny_onnx_dir(tiny_model, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("tiny_onnx")
-    export_all(tiny_model, out, preset="tiny")
+    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+    export_all(tiny_model, out, preset="tiny", model_dir=TINY_ASSETS_DIR)
     return out

@@ -120,3 +120,40 @@ def test_load_with_onnxruntime_backend_without_export_dir_fails_at_load():
     from ros2_spatial_mllm.inference import SpatialMLLM
     with pytest.raises(ValueError, match="onnx_dir"):
         SpatialMLLM.load(backend="onnxruntime")
+
+
+def _node_load(config):
+    """What the node's on_activate does with its parameters (node.py), without rclpy."""
+    from ros2_spatial_mllm.buffer import FrameBuffer
+    from ros2_spatial_mllm.query_engine import QueryEngine
+    from ros2_spatial_mllm.safety import load_with_verified_backend
+    engine = QueryEngine(FrameBuffer(max_frames=8), loader=load_with_verified_backend)
+    ok = engine.load(model=config.model_path or None, preset=config.model_preset, device="cpu",
+                     backend=config.backend, backend_options=config.backend_options())
+    return engine, ok
+
+
+def test_node_parameters_select_the_backend(tiny_onnx_dir):
+    from ros2_spatial_mllm.ros.params import NodeConfig
+    config = NodeConfig(backend="onnxruntime", onnx_dir=str(tiny_onnx_dir)).validate()
+    engine, ok = _node_load(config)
+    assert ok, engine.state_error
+    assert engine.model.backend_check["backend"] == "onnxruntime"
+    assert engine.model.model.encoder_backend.name == "onnxruntime"
+    assert engine.model.model.connector.mlp[0].weight.is_meta  # the export serves the connector
+    engine.unload()
+
+
+def test_node_tensorrt_backend_never_builds_at_activate(tiny_onnx_dir, tmp_path):
+    """backend=tensorrt with an empty engine cache and allow_engine_build false: activation fails
+    with the reason (no TensorRT here, or no engine with the command that builds it) and the
+    cache stays empty."""
+    from ros2_spatial_mllm.ros.params import NodeConfig
+    cache = tmp_path / "engines"
+    config = NodeConfig(backend="tensorrt", onnx_dir=str(tiny_onnx_dir), engine_cache_dir=str(cache),
+                        allow_engine_build=False).validate()
+    engine, ok = _node_load(config)
+    assert not ok
+    error = engine.state_error
+    assert ("TensorRT" in error and "CUDA" in error) or "spatial-mllm-engines build" in error
+    assert not cache.exists() or not any(cache.rglob("*.engine"))

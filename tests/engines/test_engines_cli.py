@@ -46,3 +46,24 @@ def test_errors_are_one_line(connector_export, tmp_path, capsys):
     assert main(["status", "--onnx-dir", str(connector_export), "--components", "lm_head"]
                 + TARGET) == 1
     assert "unknown components" in capsys.readouterr().err
+
+
+def test_export_records_the_model_it_came_from(connector_export):
+    """`export --preset tiny` exports the embedded tiny checkpoint and records its identity, which
+    the node's loader (safety.check_onnx_export) compares with the model it loads."""
+    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+    from ros2_spatial_mllm.safety import EngineFileError, check_onnx_export, model_identity
+    manifest = json.loads((connector_export / "export_manifest.json").read_text())
+    identity = model_identity(TINY_ASSETS_DIR)
+    assert manifest["model_config_hash"] == identity["config_hash"] != "unknown"
+    assert manifest["model_revision"] == identity["revision"] != "unknown"
+    check_onnx_export(connector_export, TINY_ASSETS_DIR, required=("connector",))
+    other = connector_export.parent / "other_model_export"
+    other.mkdir(exist_ok=True)
+    (other / "connector").mkdir(exist_ok=True)
+    (other / "connector" / "connector.onnx").write_bytes(
+        (connector_export / "connector" / "connector.onnx").read_bytes())
+    manifest["model_config_hash"] = "0123456789abcdef"
+    (other / "export_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineFileError, match="another model"):
+        check_onnx_export(other, TINY_ASSETS_DIR, required=("connector",))

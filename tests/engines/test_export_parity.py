@@ -22,8 +22,9 @@ from engines.trt_builder import check_profiles_against_inputs, onnx_inputs_and_t
 from ros2_spatial_mllm.model.connector import pack_spatial_tokens  # noqa: E402
 from ros2_spatial_mllm.model.processing import VideoProcessingConfig, patchify_video  # noqa: E402
 
-# (frames, height, width): the nominal tiny size, more frames + other aspect, odd grid (2 windows)
-SIZES = [(2, 112, 112), (6, 224, 168), (4, 140, 196)]
+# (frames, height, width): the nominal tiny size, more frames + other aspect, odd grid (2 windows),
+# the smallest declared size (56 = side of Qwen's min_pixels)
+SIZES = [(2, 112, 112), (6, 224, 168), (4, 140, 196), (2, 56, 56)]
 
 
 def assert_parity(onnx_out: np.ndarray, torch_out: torch.Tensor) -> None:
@@ -68,6 +69,26 @@ def test_spatial_geometry_parity(exported, size):
     assert_parity(conf, ref["depth_conf"])
 
 
+@pytest.mark.parametrize("frames", [1, 3])
+def test_spatial_geometry_takes_single_and_odd_frame_chunks(exported, frames):
+    """The geometry worker's first chunk can be one keyframe, later ones odd counts: the graph
+    and the TensorRT profile of spatial_geometry must accept them (the encoders need even S)."""
+    from engines.profiles import select_profile
+    model, _, manifest, sessions = exported
+    x = torch.rand(1, frames, 3, 84, 112)
+    with torch.no_grad():
+        ref = model.spatial_encoder.vggt_model(x)
+    pose, depth, conf = sessions["spatial_geometry"].run(None, {"images": x.numpy()})
+    assert_parity(pose, ref["pose_enc"])
+    assert_parity(depth, ref["depth"])
+    assert_parity(conf, ref["depth_conf"])
+    profiles = component_profiles("spatial_geometry", ExportRanges(), model.connector.merged_dim)
+    big = {"images": (1, frames, 3, 84, 112)}  # the tiny resize of a 640 x 480 camera
+    assert select_profile(profiles, big) == 0
+    saved = manifest["components"]["spatial_geometry"]["profiles"][0]["inputs"][0]
+    assert saved["min"][1] == 1
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_vision_encoder_parity_with_qwen_vision_tower(exported, size):
     model, _, _, sessions = exported
@@ -110,7 +131,7 @@ def test_export_ranges_validation():
         ExportRanges(frames=(1, 16, 32)).validate()
     with pytest.raises(ValueError, match="multiples of 28"):
         ExportRanges(height=(100, 476, 644)).validate()
-    assert ExportRanges().tokens() == (1 * 4 * 4, 8 * 17 * 23, 16 * 23 * 23)
+    assert ExportRanges().tokens() == (1 * 2 * 2, 8 * 17 * 23, 16 * 23 * 23)
 
 
 @pytest.mark.parametrize("component", ["spatial_encoder", "connector"])
