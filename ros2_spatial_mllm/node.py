@@ -6,9 +6,10 @@
 
 Lifecycle: configure reads + validates the parameters (`ros/params.py: NodeConfig`, mirrored by
 config/*.yaml), builds the FrameBuffer, QueryEngine and GeometryWorker and subscribes to the
-inputs; activate loads the model (embedded tiny preset by default, or `model_path`) and starts
-buffering frames; deactivate frees the model; cleanup drops everything. `autostart:=true`
-configures and activates at start-up.
+inputs; activate loads the model (embedded tiny preset by default, or `model_path`; with backend
+onnxruntime/tensorrt the export is checked and probed against the weights first, see
+safety.load_with_verified_backend) and starts buffering frames; deactivate frees the model;
+cleanup drops everything. `autostart:=true` configures and activates at start-up.
 Interfaces (all relative names, remap freely):
     sub  image | image/compressed (sensor_msgs/Image | CompressedImage; sensor-data QoS default)
     sub  depth_topic, camera_info_topic, odom_topic (optional, for sensor geometry)
@@ -33,6 +34,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
@@ -49,7 +51,7 @@ from ros2_spatial_mllm.ros.process import (CallbackErrors, enable_stack_dumps, l
 from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
 from ros2_spatial_mllm.ros.intake import FrameIntake
 from ros2_spatial_mllm.ros.params import NodeConfig
-from ros2_spatial_mllm.safety import enforce_offline
+from ros2_spatial_mllm.safety import enforce_offline, load_with_verified_backend
 from ros2_spatial_mllm.ros.tf_input import TF_QOS, TF_STATIC_QOS, import_tf_message
 from ros2_spatial_mllm.srv import AskSpatial
 
@@ -72,6 +74,7 @@ class SpatialMllmNode(LifecycleNode):
         self._subscriptions_in: list = []
         self._state_label = "unconfigured"
         self._model_info: dict = {}
+        self._identity: dict = {}       # {"config_hash", "revision"} of the loaded model; {} when none
         self._lock = threading.Lock()
         self.callback_errors = CallbackErrors()
         self._query_group = ReentrantCallbackGroup()
@@ -89,8 +92,11 @@ class SpatialMllmNode(LifecycleNode):
         self._answers_pub = self.create_publisher(SpatialAnswer, "~/answers", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics_period_s").value)
+        # steady clock: with use_sim_time a paused or looping bag (/clock frozen or jumping back)
+        # must not stop /diagnostics; their header stamp is still the node's (simulated) time
         self._diag_timer = self.create_timer(max(0.05, period), self._publish_diagnostics,
-                                             callback_group=MutuallyExclusiveCallbackGroup())
+                                             callback_group=MutuallyExclusiveCallbackGroup(),
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info("created (unconfigured); services ~/ask, action ~/ask")
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,7 +123,9 @@ class SpatialMllmNode(LifecycleNode):
             min_translation_m=config.keyframe_min_translation_m,
             min_rotation_deg=config.keyframe_min_rotation_deg,
             max_interval_s=config.keyframe_max_interval_s)
-        self.engine = QueryEngine(self.buffer, _engine_config(config))
+        # loader: SpatialMLLM.load + (onnxruntime/tensorrt) export checks and a probe against the
+        # torch weights, so a corrupt or mismatched engine fails activate instead of being used
+        self.engine = QueryEngine(self.buffer, _engine_config(config), loader=load_with_verified_backend)
         self.intake = FrameIntake(self.buffer, self.get_logger(), config.sync_tolerance_s,
                                   config.odom_child_is_optical, expect_depth=bool(config.depth_topic),
                                   expect_pose=bool(config.odom_topic),
@@ -156,13 +164,18 @@ class SpatialMllmNode(LifecycleNode):
                               dtype=None if config.dtype == "auto" else config.dtype,
                               backend=config.backend, backend_options=config.backend_options())
         if not ok:
-            self._model_info = {"error": self.engine.state_error}
+            self._model_info, self._identity = {"error": self.engine.state_error}, {}
             self._state_label = "inactive"
             self.get_logger().error(f"activate failed: model did not load: {self.engine.state_error}")
             return TransitionCallbackReturn.FAILURE
         info = getattr(self.engine.model, "info", {}) or {}
         self._model_info = {k: v for k, v in dict(info).items() if isinstance(v, (str, int, float, bool))}
         self._model_info["device"] = _resolve_device(config.device)
+        check = getattr(self.engine.model, "backend_check", None)
+        if check:
+            self._model_info.update(backend=check["backend"], onnx_dir=check["onnx_dir"],
+                                    backend_probe=" ".join(f"{k}={v:.2g}" for k, v in check["probe"].items()))
+        self._identity = {k: str(info.get(k, "")) for k in ("config_hash", "revision")}
         if self.geometry is not None:
             self.geometry.notify_model_ready()
         self.intake.enabled = True
@@ -176,6 +189,7 @@ class SpatialMllmNode(LifecycleNode):
             self.intake.enabled = False
         if self.engine is not None:
             self.engine.unload()
+        self._identity = {}
         self._state_label = "inactive"
         self.get_logger().info("deactivated: model freed, input paused")
         return super().on_deactivate(state)
@@ -210,7 +224,7 @@ class SpatialMllmNode(LifecycleNode):
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
-        self.buffer, self.intake, self._model_info = None, None, {}
+        self.buffer, self.intake, self._model_info, self._identity = None, None, {}, {}
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -257,8 +271,9 @@ class SpatialMllmNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a query must never kill the node
             self.get_logger().error(f"ask (service) failed: {type(exc).__name__}: {exc}")
             outcome = QueryResponse(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        self._finish_query_safe(request, outcome, "service", received)
-        return convert.fill_outcome(response, outcome)
+        identity = self._identity
+        self._finish_query_safe(request, outcome, "service", received, identity)
+        return convert.fill_identity(convert.fill_outcome(response, outcome), identity)
 
     def _on_ask_action(self, goal_handle):
         received = self.get_clock().now()
@@ -295,23 +310,28 @@ class SpatialMllmNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"ask (action) failed: {type(exc).__name__}: {exc}")
             outcome = QueryResponse(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        result = convert.fill_outcome(AskSpatialAction.Result(), outcome)
+        identity = self._identity
+        result = convert.fill_identity(convert.fill_outcome(AskSpatialAction.Result(), outcome), identity)
         if outcome.code == ErrorCode.CANCELLED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif outcome.success:
             goal_handle.succeed()
         else:
             goal_handle.abort()
-        self._finish_query_safe(goal, outcome, "action", received)
+        self._finish_query_safe(goal, outcome, "action", received, identity)
         return result
 
-    def _finish_query_safe(self, request, outcome: QueryResponse, interface: str, received) -> None:
+    def _finish_query_safe(self, request, outcome: QueryResponse, interface: str, received,
+                           identity: dict | None = None) -> None:
         try:
-            self._finish_query(request, outcome, interface, received)
+            self._finish_query(request, outcome, interface, received, identity)
         except Exception as exc:  # noqa: BLE001 - logging/publishing must not kill the node
             self.get_logger().error(f"ask[{interface}] bookkeeping failed: {exc}")
 
-    def _finish_query(self, request, outcome: QueryResponse, interface: str, received) -> None:
+    def _finish_query(self, request, outcome: QueryResponse, interface: str, received,
+                      identity: dict | None = None) -> None:
+        """Log one line, publish the answer views and the ~/answers message (with the identity
+        of the model that answered: `identity` = {"config_hash", "revision"}, {} when none)."""
         total = outcome.latency_ms.get("total_ms", 0.0)
         text = outcome.answer if len(outcome.answer) <= 60 else outcome.answer[:57] + "..."
         line = (f"ask[{interface}] #{outcome.request_id} {outcome.code.name}: frames="
@@ -331,6 +351,7 @@ class SpatialMllmNode(LifecycleNode):
         try:
             msg = convert.fill_outcome(SpatialAnswer(), outcome)
             convert.fill_request_echo(msg, request, outcome.sampling, interface)
+            convert.fill_identity(msg, identity)
             msg.header.stamp = received.to_msg()
             msg.header.frame_id = self.intake.last_frame_id if self.intake else ""
             self._answers_pub.publish(msg)

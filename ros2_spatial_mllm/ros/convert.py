@@ -113,6 +113,16 @@ def fill_outcome(msg, response: QueryResponse):
     return msg
 
 
+def fill_identity(msg, identity: dict | None):
+    """Set `model_revision` / `config_hash` of a service response / action result /
+    SpatialAnswer from the loaded model's identity (safety.model_identity keys `revision`,
+    `config_hash`); empty strings when no model is loaded. Returns msg."""
+    identity = identity or {}
+    msg.model_revision = str(identity.get("revision", "") or "")
+    msg.config_hash = str(identity.get("config_hash", "") or "")
+    return msg
+
+
 def fill_request_echo(answer_msg, request_msg, sampling_used: str, interface: str):
     """Copy the request fields of an AskSpatial request/goal into a SpatialAnswer."""
     answer_msg.question = request_msg.question

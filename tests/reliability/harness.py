@@ -78,9 +78,15 @@ class RosClient:
         self._thread.start()
 
     def _spin(self) -> None:
+        """Spin like the node does: an exception out of a callback (rclpy's action client can
+        raise one when a client is destroyed mid-goal) is logged and counted, and spinning goes on;
+        a silently dead spin thread made every later call of the session time out."""
+        from ros2_spatial_mllm.ros.process import CallbackErrors, spin_until_shutdown
+        self.callback_errors = CallbackErrors()
         try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - context shut down
+            spin_until_shutdown(self.executor, self.node.get_logger(), self.callback_errors,
+                                self.context.ok)
+        except Exception:  # noqa: BLE001 - context shut down while spinning
             pass
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
 from builtin_interfaces.msg import Time
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
@@ -74,27 +75,33 @@ def test_service_requests_always_get_a_documented_code(ros_client, shared_node, 
         assert reply.error_message and not reply.frame_stamps
 
 
-@settings(max_examples=10, deadline=None, database=None, phases=PHASES, suppress_health_check=list(HealthCheck))
-@given(fields=ask_fields())
-def test_action_goals_always_get_a_documented_code(ros_client, shared_node, fields):
+@pytest.fixture(scope="module")
+def action_client(ros_client, shared_node):
+    """One action client for every example: creating and destroying one per example raced with
+    the client executor still processing the destroyed client's status/feedback."""
     from rclpy.action import ActionClient
 
     from ros2_spatial_mllm.action import AskSpatial as AskAction
+    client = ActionClient(ros_client.node, AskAction, f"{shared_node[0].fqn}/ask")
+    assert client.wait_for_server(timeout_sec=30.0), shared_node[0].post_mortem()
+    yield client
+    client.destroy()
+
+
+@settings(max_examples=10, deadline=None, database=None, phases=PHASES, suppress_health_check=list(HealthCheck))
+@given(fields=ask_fields())
+def test_action_goals_always_get_a_documented_code(ros_client, shared_node, action_client, fields):
+    from ros2_spatial_mllm.action import AskSpatial as AskAction
     proc, _, _, _ = shared_node
-    action = ActionClient(ros_client.node, AskAction, f"{proc.fqn}/ask")
-    try:
-        assert action.wait_for_server(timeout_sec=30.0), proc.post_mortem()
-        sent = action.send_goal_async(AskAction.Goal(**fields))
-        assert wait_for(sent.done, 30.0) and sent.result().accepted, proc.post_mortem()
-        done = sent.result().get_result_async()
-        assert wait_for(done.done, 60.0), proc.post_mortem()
-        result = done.result().result
-        code = ErrorCode(result.error_code)
-        event(code.name)
-        assert code in (ErrorCode.OK, ErrorCode.BAD_REQUEST, ErrorCode.EMPTY_WINDOW), (code, result.error_message)
-        assert result.success == (code == ErrorCode.OK) and (code == ErrorCode.OK or result.error_message)
-    finally:
-        action.destroy()
+    sent = action_client.send_goal_async(AskAction.Goal(**fields))
+    assert wait_for(sent.done, 30.0) and sent.result().accepted, proc.post_mortem()
+    done = sent.result().get_result_async()
+    assert wait_for(done.done, 60.0), proc.post_mortem()
+    result = done.result().result
+    code = ErrorCode(result.error_code)
+    event(code.name)
+    assert code in (ErrorCode.OK, ErrorCode.BAD_REQUEST, ErrorCode.EMPTY_WINDOW), (code, result.error_message)
+    assert result.success == (code == ErrorCode.OK) and (code == ErrorCode.OK or result.error_message)
 
 
 def _bad_images():
