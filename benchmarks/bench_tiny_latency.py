@@ -1,7 +1,7 @@
 """Tiny-preset end-to-end latency on CPU (16 frames, ~16 new tokens), per-stage breakdown.
 
     python benchmarks/bench_tiny_latency.py                       # 16 frames, 7 runs, 2 then 1 thread(s)
-    python benchmarks/bench_tiny_latency.py --runs 3 --threads 1  # quick check
+    python benchmarks/bench_tiny_latency.py --runs 3 --threads 1 --decode-runs 3  # quick check
     taskset -c 0,1 python benchmarks/bench_tiny_latency.py        # pin to 2 cores
 
 Writes benchmarks/results/tiny_latency.json: median (and min/max) milliseconds of every stage of
@@ -9,6 +9,13 @@ Writes benchmarks/results/tiny_latency.json: median (and min/max) milliseconds o
 total) over --runs timed runs after --warmup untimed ones, plus the process CPU time per query
 (wall-clock times are inflated when other processes share the cores; the JSON records the load). End-of-sequence tokens are ignored
 so that every run decodes exactly --max-new-tokens tokens (random weights stop at random).
+The stage table ("by_threads") uses the default decode mode (eager).
+
+Decode modes ("decode_modes"): SpatialMLLM.answer with decode_mode eager (DynamicCache) vs static
+(StaticCache reused across queries), --decode-new-tokens tokens per query, the modes alternating
+query by query in the same run after one warm-up each; decode tokens/s = (tokens - 1) / decode
+time (the first token comes from the prefill), median over --decode-runs, and the ratio
+static / eager (> 1: static faster). "compiled" is CUDA only and not measured here.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
     parser.add_argument("--threads", default="2,1",
                         help="comma-separated torch CPU thread counts to measure (the target is a 2-core CPU)")
+    parser.add_argument("--decode-modes", default="eager,static",
+                        help="comma-separated decode modes compared in the same run (CPU: eager, static)")
+    parser.add_argument("--decode-new-tokens", type=int, default=64,
+                        help="tokens per query for the decode-mode comparison (default 64)")
+    parser.add_argument("--decode-runs", type=int, default=15,
+                        help="timed queries per decode mode (alternating; median reported)")
     parser.add_argument("--model", default=None, help="local model directory (default: embedded tiny preset)")
     parser.add_argument("--out", type=Path, default=RESULT, help="output JSON path")
     return parser.parse_args(argv)
@@ -47,8 +60,14 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
+    from ros2_spatial_mllm.backends.llm import check_decode_mode
     from ros2_spatial_mllm.inference import TIMING_KEYS, SpatialMLLM
 
+    try:
+        modes = [check_decode_mode(m, "cpu") for m in str(args.decode_modes).split(",") if m.strip()]
+    except ValueError as exc:
+        print(f"error: --decode-modes: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(threads[0])
     t0 = time.perf_counter()
     try:
@@ -66,6 +85,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(count)
         by_threads[str(count)] = measure(mllm, frames, question, args, TIMING_KEYS)
         print(f"threads={count}: " + json.dumps({k: v["median"] for k, v in by_threads[str(count)]["timings_ms"].items()}))
+    decode_modes = {}
+    for count in threads:
+        torch.set_num_threads(count)
+        decode_modes[str(count)] = compare_decode_modes(mllm, frames, question, modes, args)
+        print(f"threads={count} decode tokens/s: " + json.dumps(decode_modes[str(count)]))
+    mllm.set_decode_mode("eager")
     inputs = mllm.prepare_inputs(frames, question)
     result = {
         "benchmark": "tiny_latency",
@@ -80,7 +105,10 @@ def main(argv=None) -> int:
         "warmup": args.warmup,
         "load_ms": round(load_ms, 1),
         "target_total_ms": 1000.0,
+        "decode_mode": "eager",
         "by_threads": by_threads,
+        "decode_modes": {"new_tokens": args.decode_new_tokens, "runs": args.decode_runs,
+                         "tokens_per_s": "(tokens - 1) / decode time, median", "by_threads": decode_modes},
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -122,6 +150,37 @@ def measure(mllm, frames, question, args, timing_keys) -> dict:
         "meets_target": stats["total"]["median"] <= 1000.0,
         "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
+
+
+def compare_decode_modes(mllm, frames, question, modes, args) -> dict:
+    """{mode: {decode_tokens_per_s, decode_ms, prefill_ms}, "<mode>_over_<first>": ratio}: the
+    modes alternate query by query (same load on each), one warm-up query per mode first."""
+    rates = {mode: [] for mode in modes}
+    decode_ms = {mode: [] for mode in modes}
+    prefill_ms = {mode: [] for mode in modes}
+    cpu_ms = {mode: [] for mode in modes}  # process CPU time per query: less sensitive to other load
+    for mode in modes:
+        mllm.set_decode_mode(mode)
+        mllm.answer(frames, question, max_new_tokens=args.decode_new_tokens)
+    for _ in range(args.decode_runs):
+        for mode in modes:
+            mllm.set_decode_mode(mode)
+            cpu0 = time.process_time()
+            result = mllm.answer(frames, question, max_new_tokens=args.decode_new_tokens)
+            cpu_ms[mode].append((time.process_time() - cpu0) * 1000.0)
+            steps = max(result.num_tokens - 1, 0)
+            decode_ms[mode].append(result.timings_ms["decode"])
+            prefill_ms[mode].append(result.timings_ms["prefill"])
+            rates[mode].append(steps / (result.timings_ms["decode"] / 1000.0) if steps else 0.0)
+    out = {mode: {"decode_tokens_per_s": round(statistics.median(rates[mode]), 1),
+                  "decode_ms": round(statistics.median(decode_ms[mode]), 2),
+                  "prefill_ms": round(statistics.median(prefill_ms[mode]), 2),
+                  "query_process_cpu_ms": round(statistics.median(cpu_ms[mode]), 2)} for mode in modes}
+    base = modes[0]
+    for mode in modes[1:]:
+        out[f"{mode}_over_{base}"] = round(out[mode]["decode_tokens_per_s"] / out[base]["decode_tokens_per_s"], 3)
+    out["loadavg_1min"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return out
 
 
 if __name__ == "__main__":

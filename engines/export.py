@@ -143,7 +143,7 @@ def export_all(model: Any, out_dir: str | Path, components: Sequence[str] = COMP
     sha256 over graph + external data, declared ranges and the matching profiles). With
     `model_dir` (the checkpoint `model` was loaded from) the manifest also records that model's
     identity (model_config_hash, model_revision: ros2_spatial_mllm.safety.model_identity), which
-    the node's loader compares with the model it loads (safety.check_onnx_export)."""
+    the node's loader compares with the model it loads (engine_checks.check_onnx_export)."""
     ranges = ranges or ExportRanges()
     ranges.validate()
     out_dir = Path(out_dir)

@@ -6,6 +6,8 @@
 
 Tiny CPU run (embedded tiny preset, random weights until trained ones ship):
     spatial-mllm ask --video ros2_spatial_mllm/assets/demo/room.mp4 --question "How many chairs?" --num-frames 8
+    spatial-mllm ask --video clip.mp4 --question "How many chairs?" --device cuda --decode-mode compiled
+        (--decode-mode eager|static|compiled: the LLM decode path, see ros2_spatial_mllm/inference.py)
 
 Prints ONE JSON object on stdout: answer (raw text), parsed (kind/choice/value/unit), frames
 (selected source indices and timestamps), sampling (method, coverage, voxel size, gains), model
@@ -36,6 +38,7 @@ from typing import Optional, Sequence
 __all__ = ["main", "build_parser", "ask", "UsageError"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DECODE_MODES = ("eager", "static", "compiled")  # = backends/llm.py DECODE_MODES (torch imported lazily)
 
 
 class UsageError(ValueError):
@@ -119,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask_parser.add_argument("--engine-precision", default="fp16", help="TensorRT engine precision (default: fp16)")
     ask_parser.add_argument("--allow-engine-build", action="store_true",
                             help="build a missing TensorRT engine now (minutes) instead of failing")
+    ask_parser.add_argument("--decode-mode", default="eager", choices=DECODE_MODES,
+                            help="LLM decode path: eager (dynamic KV cache, default), static (static KV "
+                                 "cache), compiled (static + torch.compile CUDA graphs; CUDA devices only)")
     return parser
 
 
@@ -145,6 +151,9 @@ def ask(args: argparse.Namespace) -> dict:
     build_prompt(args.question, args.options)  # validates question and options before heavy work
     if args.unit is not None:
         canonical_unit(args.unit)
+    if args.decode_mode == "compiled" and not str(args.device).lower().startswith("cuda"):
+        raise UsageError(f"--decode-mode compiled needs a CUDA --device (torch.compile CUDA graphs), got "
+                         f"{args.device!r}; use --decode-mode static or eager on CPU")
     if args.model is not None and not os.path.isdir(os.path.expanduser(args.model)):
         raise UsageError(f"--model must be a local checkpoint directory, not found: {args.model}")
 
@@ -175,7 +184,8 @@ def ask(args: argparse.Namespace) -> dict:
                              backend=args.backend,
                              backend_options={"onnx_dir": args.onnx_dir, "engine_cache_dir": args.engine_cache_dir,
                                               "engine_precision": args.engine_precision,
-                                              "allow_engine_build": args.allow_engine_build})
+                                              "allow_engine_build": args.allow_engine_build},
+                             decode_mode=args.decode_mode)
     timings["load_model"] = (time.perf_counter() - lap) * 1000.0
     try:
         from ros2_spatial_mllm import sampling
@@ -223,7 +233,8 @@ def ask(args: argparse.Namespace) -> dict:
                      "coverage": selection.coverage,
                      "voxel_size": selection.voxel_size, "num_voxels": selection.num_voxels,
                      "gains": selection.gains},
-        "model": {key: info.get(key) for key in ("preset", "model_dir", "revision", "params", "device", "dtype")},
+        "model": {key: info.get(key) for key in ("preset", "model_dir", "revision", "params", "device", "dtype",
+                                                 "decode_mode")},
         "timings_ms": {key: round(value, 3) for key, value in timings.items()},
     }
     if args.report:

@@ -7,6 +7,15 @@ video frames (streaming, cancellable), predict per-frame geometry with the spati
     result.text, result.num_tokens, result.cancelled, result.timings_ms
     geo = mllm.predict_geometry(np.stack(frames))  # depth, depth_conf, extrinsics, intrinsics
     mllm.close()
+    fast = SpatialMLLM.load(device="cuda", decode_mode="compiled")   # optimised decode (below)
+
+Decode modes (`decode_mode`, also the node parameter and `spatial-mllm ask --decode-mode`):
+"eager" (default; DynamicCache through the model's forward), "static" (a StaticCache reused
+across queries, ros2_spatial_mllm/backends/llm.py) and "compiled" (static + torch.compile CUDA
+graphs of the one-token step; CUDA only, refused on CPU with a ValueError, and warmed up at load
+so that compilation is not paid by the first query). All modes share one token loop here:
+streaming (on_token), should_stop between tokens, greedy / temperature + top-p sampling with
+the same seeded generator, the same timings_ms keys.
 
 Loading is offline only: `model` must be an existing local directory in the official v1.1
 layout (see model/checkpoint.py); Hub ids are refused with a clear error.
@@ -28,13 +37,14 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .backends.llm import DEFAULT_MAX_CACHE_LEN, DECODE_MODES, LLMDecoder, check_decode_mode
 from .model.checkpoint import load_checkpoint, resolve_model_dir
 from .model.presets import TINY_ASSETS_DIR
 from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
 from .prompts import build_prompt
 from .safety import check_model_dir, enforce_offline, model_identity
 
-__all__ = ["QueryResult", "SpatialMLLM", "parse_dtype"]
+__all__ = ["DECODE_MODES", "QueryResult", "SpatialMLLM", "parse_dtype"]
 
 LOG = logging.getLogger(__name__)
 TIMING_KEYS = ("preprocess", "spatial_encoder", "vision_encoder", "connector", "prefill", "decode", "total")
@@ -110,23 +120,32 @@ class SpatialMLLM:
         self.fps = 2.0  # nominal frame rate of the sampled frames (sets mRoPE time spacing)
         self.load_report = load_report
         self._answer_lock = threading.Lock()  # answer() mutates the model's mRoPE state: one at a time
+        self._decoder: Optional[LLMDecoder] = None  # static / compiled decode (None = eager)
         params = sum(p.numel() for p in model.parameters())
         self._info = dict(preset=preset, model_dir=str(model_dir), **model_identity(model_dir), params=int(params),
                           device=str(device), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-                          load_report=load_report.summary() if load_report is not None else None)
+                          load_report=load_report.summary() if load_report is not None else None,
+                          decode_mode="eager")
 
     # ---- construction ---------------------------------------------------------------------
 
     @classmethod
     def load(cls, model: str | Path | None = None, preset: str = "tiny", device: str = "cpu", dtype=None,
-             backend: str = "torch", backend_options: dict | None = None) -> "SpatialMLLM":
+             backend: str = "torch", backend_options: dict | None = None,
+             decode_mode: str | None = None) -> "SpatialMLLM":
         """model=None -> embedded preset (only "tiny" is embedded); else a local checkpoint dir.
 
         backend: "torch" (default), "onnxruntime" or "tensorrt" for the encoders and connector;
         backend_options go to ros2_spatial_mllm.backends.get_backend (onnx_dir, engine_cache_dir,
         engine_precision, allow_engine_build). A missing or mismatched engine raises here, at load
         time, never silently rebuilding unless allow_engine_build=True.
+        decode_mode: "eager" (default), "static" or "compiled" (CUDA only), see set_decode_mode;
+        also read from backend_options["decode_mode"] (how the node passes it). An unknown mode,
+        or "compiled" on a non-CUDA device, raises ValueError before any weight is read.
         """
+        options = dict(backend_options or {})
+        option_mode = options.pop("decode_mode", None)
+        mode = check_decode_mode(decode_mode or option_mode or "eager", device)
         if model is None:
             if preset != "tiny":
                 raise ValueError(f"preset {preset!r} has no embedded weights: pass model=<local directory>")
@@ -149,18 +168,43 @@ class SpatialMLLM:
         if backend != "torch":
             from ros2_spatial_mllm.backends import configure_backend  # lazy: onnxruntime/tensorrt are optional
 
-            configure_backend(engine, backend, **{"device": device, **(backend_options or {})})
+            configure_backend(engine, backend, **{"device": device, **options})
             engine._info["backend"] = backend
+        engine.set_decode_mode(mode)
         return engine
 
     @property
     def info(self) -> dict:
-        """dict(preset, model_dir, revision, params, device, dtype, load_report)."""
+        """dict(preset, model_dir, revision, params, device, dtype, load_report, decode_mode)."""
         return dict(self._info)
+
+    @property
+    def decode_mode(self) -> str:
+        return self._info["decode_mode"]
+
+    def set_decode_mode(self, mode: str, max_cache_len: int = DEFAULT_MAX_CACHE_LEN,
+                        warmup: bool = True) -> None:
+        """Switch the LLM decode path: "eager", "static" or "compiled" (module docstring).
+        ValueError (one line) for an unknown mode or "compiled" off CUDA. Waits for a running
+        answer. "compiled" compiles and captures the step now (warmup=True, seconds to a minute)."""
+        mode = check_decode_mode(mode, self.device)
+        with self._answer_lock:
+            model = self._require_model()
+            decoder = None if mode == "eager" else LLMDecoder.for_mode(model, mode, max_cache_len)
+            if decoder is not None and mode == "compiled" and warmup:
+                try:
+                    decoder.warmup()
+                except Exception as exc:  # inductor/Triton errors are long: one line for the node/CLI
+                    first = (str(exc).strip().splitlines() or [""])[0][:300]
+                    raise RuntimeError(f"decode_mode 'compiled': torch.compile warm-up failed "
+                                       f"({type(exc).__name__}: {first}); use decode_mode 'static'") from exc
+            self._decoder = decoder
+            self._info["decode_mode"] = mode
 
     def close(self) -> None:
         """Free the model (the object is unusable afterwards)."""
         self.model = None
+        self._decoder = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -250,14 +294,8 @@ class SpatialMLLM:
             lap("vision_encoder")
             fused = model.connector(video, features, patch_start, inputs["video_grid_thw"])
             lap("connector")
-            model.model.rope_deltas = None
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                        mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
-                        second_per_grid_ts=inputs["second_per_grid_ts"], use_cache=True, logits_to_keep=1,
-                        mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))})
+            logits, step = self._prefill(model, inputs, fused, max_new_tokens)
             lap("prefill")
-            cache = out.past_key_values
-            logits = out.logits[:, -1]
             while len(generated) < max_new_tokens:
                 token = _pick(logits[0].float(), temperature, top_p, generator)
                 if token in self.eos_ids:
@@ -273,14 +311,34 @@ class SpatialMLLM:
                 if stop():
                     cancelled = True
                     break
-                # one unpadded sequence: no mask, so positions = cache length + the prefill's mRoPE delta
-                step = torch.tensor([[token]], device=self.device)
-                out = model(input_ids=step, past_key_values=cache, use_cache=True)
-                cache, logits = out.past_key_values, out.logits[:, -1]
+                logits = step(token)
             lap("decode")
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         timings["total"] = (time.perf_counter() - start) * 1000.0
         return QueryResult(text=text, num_tokens=len(generated), cancelled=cancelled, timings_ms=timings)
+
+    def _prefill(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int):
+        """Prefill with the fused video tokens [N, hidden] -> (logits [1, V] of the first new
+        token, step(token_id) -> logits [1, V] of the next), by the current decode mode."""
+        if self._decoder is not None:  # static / compiled: backends/llm.py
+            logits, session = self._decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"],
+                                                  max_new_tokens, inputs["second_per_grid_ts"])
+            return logits, session.step
+        model.model.rope_deltas = None
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
+                    second_per_grid_ts=inputs["second_per_grid_ts"], use_cache=True, logits_to_keep=1,
+                    mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))})
+        cache = [out.past_key_values]
+
+        def step(token: int) -> torch.Tensor:
+            # one unpadded sequence: no mask, so positions = cache length + the prefill's mRoPE delta
+            out = model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=cache[0],
+                        use_cache=True)
+            cache[0] = out.past_key_values
+            return out.logits[:, -1]
+
+        return out.logits[:, -1], step
 
     # ---- geometry -------------------------------------------------------------------------
 

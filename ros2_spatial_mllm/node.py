@@ -8,7 +8,7 @@ Lifecycle: configure reads + validates the parameters (`ros/params.py: NodeConfi
 config/*.yaml), builds the FrameBuffer, QueryEngine and GeometryWorker and subscribes to the
 inputs; activate loads the model (embedded tiny preset by default, or `model_path`; with backend
 onnxruntime/tensorrt the export is checked and probed against the weights first, see
-safety.load_with_verified_backend) and starts buffering frames; deactivate frees the model;
+engine_checks.load_with_verified_backend) and starts buffering frames; deactivate frees the model;
 cleanup drops everything. `autostart:=true` configures and activates at start-up.
 Interfaces (all relative names, remap freely):
     sub  image | image/compressed (sensor_msgs/Image | CompressedImage; sensor-data QoS default)
@@ -51,7 +51,8 @@ from ros2_spatial_mllm.ros.process import (CallbackErrors, enable_stack_dumps, l
 from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
 from ros2_spatial_mllm.ros.intake import FrameIntake
 from ros2_spatial_mllm.ros.params import NodeConfig
-from ros2_spatial_mllm.safety import enforce_offline, load_with_verified_backend
+from ros2_spatial_mllm.engine_checks import load_with_verified_backend
+from ros2_spatial_mllm.safety import enforce_offline
 from ros2_spatial_mllm.ros.tf_input import TF_QOS, TF_STATIC_QOS, import_tf_message
 from ros2_spatial_mllm.srv import AskSpatial
 

@@ -11,6 +11,21 @@ Qwen2.5-VL's 3D (t, h, w) RoPE positions from get_rope_index, one language-model
 the cache, logits of the last position only. Decode: one token per step at position
 (cache length + rope delta), no encoder runs. `on_token(token_id)` streams every new token;
 `should_stop()` is polled between steps (cancel). The spatial encoder never runs here.
+
+Step by step (SpatialMLLM.answer drives its own loop for text streaming):
+    logits, session = decoder.start(input_ids, fused_video, video_grid_thw, max_new_tokens)
+    logits = session.step(next_token)          # logits [1, V]; one token per call
+
+Decode modes (`DECODE_MODES`, SpatialMLLM.load(decode_mode=...), node parameter decode_mode):
+    eager     DynamicCache, grown by concatenation each step (transformers' default path)
+    static    StaticCache allocated once and reused across queries (sized to the prompt + budget,
+              rounded up to CACHE_LEN_STEP; re-allocated only when a longer query comes)
+    compiled  static + torch.compile(mode="reduce-overhead") of the one-token step, i.e. CUDA
+              graphs; the cache is allocated at max_cache_len once so the graph never re-records.
+              CUDA only: on CPU there are no CUDA graphs, inductor needs a C++ toolchain at run
+              time and the first query would pay tens of seconds of compilation, so it is refused
+              (`check_decode_mode`) instead of silently running something else.
+One decoder runs one generation at a time (the static cache is shared between calls).
 """
 from __future__ import annotations
 
@@ -19,6 +34,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+DECODE_MODES = ("eager", "static", "compiled")
+CACHE_LEN_STEP = 256  # static cache sizes are multiples of this (few distinct shapes)
+DEFAULT_MAX_CACHE_LEN = 8192
+
+
+def check_decode_mode(mode: str, device: Any = "cpu") -> str:
+    """Validated decode mode for a model on `device`; ValueError (one line) otherwise."""
+    name = str(mode or "").strip().lower()
+    if name not in DECODE_MODES:
+        raise ValueError(f"unknown decode_mode {mode!r}; choose one of {', '.join(DECODE_MODES)}")
+    if name == "compiled" and torch.device(device).type != "cuda":
+        raise ValueError(f"decode_mode 'compiled' needs a CUDA device (torch.compile CUDA graphs), "
+                         f"got device {str(device)!r}; use 'static' or 'eager' on CPU")
+    return name
 
 
 @dataclass
@@ -67,36 +97,79 @@ def select_next_token(logits: torch.Tensor, settings: GenerationSettings,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class DecodeSession:
+    """One generation in progress: the cache after the prefill and the next token's position."""
+
+    def __init__(self, decoder: "LLMDecoder", cache: Any, delta: torch.Tensor, length: int):
+        self.decoder, self.cache, self.delta = decoder, cache, delta
+        self.position = int(length)  # sequence position of the next token fed in (before delta)
+
+    def step(self, token: Any) -> torch.Tensor:
+        """Feed one token (int or tensor holding one id) -> logits [1, V] of the next one."""
+        device = self.decoder.device
+        token = token.view(1, 1) if torch.is_tensor(token) else torch.tensor([[int(token)]], device=device)
+        position = (torch.full((1, 1), self.position, device=device) + self.delta)
+        self.position += 1
+        return self.decoder._step(token.to(device), position.view(1, 1, 1).expand(3, 1, 1), self.cache)
+
+
 class LLMDecoder:
     """Prefill + incremental decode over a SpatialMLLMForConditionalGeneration's language model."""
 
     def __init__(self, model: Any, static_cache: bool = False, compile_decode: bool = False,
-                 max_cache_len: int = 8192):
+                 max_cache_len: int = DEFAULT_MAX_CACHE_LEN):
         self.model = model
         self.config = model.config
         self.static_cache = static_cache
+        self.compile_decode = compile_decode
         self.max_cache_len = int(max_cache_len)
         self.language_model = model.model.language_model
         self.embed = model.get_input_embeddings()
         self._step = self._decode_step
+        self._cache: Any = None  # the reused StaticCache
+        self._cache_len = 0
         if compile_decode:
-            if not torch.cuda.is_available():
-                raise RuntimeError("compile_decode needs CUDA (CUDA graphs via torch.compile)")
+            if self.device.type != "cuda":
+                raise RuntimeError("compile_decode needs CUDA (CUDA graphs via torch.compile); "
+                                   f"the model is on {self.device}")
             if not static_cache:
                 raise ValueError("compile_decode needs static_cache=True (fixed shapes)")
             self._step = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=False)
+
+    @classmethod
+    def for_mode(cls, model: Any, mode: str, max_cache_len: int = DEFAULT_MAX_CACHE_LEN) -> "LLMDecoder":
+        """Decoder for decode mode "eager", "static" or "compiled" (see check_decode_mode)."""
+        mode = check_decode_mode(mode, model.get_input_embeddings().weight.device)
+        return cls(model, static_cache=mode != "eager", compile_decode=mode == "compiled",
+                   max_cache_len=max_cache_len)
+
+    @property
+    def mode(self) -> str:
+        return "compiled" if self.compile_decode else "static" if self.static_cache else "eager"
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def new_cache(self) -> Any:
+    def new_cache(self, needed: Optional[int] = None) -> Any:
+        """A DynamicCache (eager), or the decoder's StaticCache reset for reuse, holding >= `needed`
+        tokens (compiled: always max_cache_len, so the captured graph keeps its shapes)."""
         from transformers import DynamicCache, StaticCache
 
         text = self.config.get_text_config(decoder=True)
-        if self.static_cache:
-            return StaticCache(config=text, max_cache_len=self.max_cache_len)
-        return DynamicCache(config=text)
+        if not self.static_cache:
+            return DynamicCache(config=text)
+        needed = self.max_cache_len if needed is None else int(needed)
+        if needed > self.max_cache_len:
+            raise ValueError(f"{needed} tokens exceed the static cache ({self.max_cache_len})")
+        if self._cache is not None and self._cache_len >= needed:
+            self._cache.reset()
+            return self._cache
+        size = self.max_cache_len if self.compile_decode else min(
+            self.max_cache_len, -(-needed // CACHE_LEN_STEP) * CACHE_LEN_STEP)
+        self._cache, self._cache_len = None, 0  # free the old one before allocating
+        self._cache, self._cache_len = StaticCache(config=text, max_cache_len=size), size
+        return self._cache
 
     def prompt_embeddings(self, input_ids: torch.Tensor,
                           fused_video: Optional[torch.Tensor]) -> torch.Tensor:
@@ -111,8 +184,8 @@ class LLMDecoder:
         mask = slots.unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(mask, fused_video.to(embeds.dtype))
 
-    def positions(self, input_ids: torch.Tensor,
-                  video_grid_thw: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def positions(self, input_ids: torch.Tensor, video_grid_thw: Optional[torch.Tensor],
+                  second_per_grid_ts: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(3D positions [3, B, L], rope delta [B, 1]) as Qwen2.5-VL computes them."""
         batch, length = input_ids.shape
         if video_grid_thw is None:
@@ -122,7 +195,8 @@ class LLMDecoder:
         types[input_ids == self.config.image_token_id] = 1
         types[input_ids == self.config.video_token_id] = 2
         pos, delta = self.model.model.get_rope_index(
-            input_ids, mm_token_type_ids=types, video_grid_thw=video_grid_thw)
+            input_ids, mm_token_type_ids=types, video_grid_thw=video_grid_thw,
+            second_per_grid_ts=second_per_grid_ts)
         return pos, delta
 
     def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -134,6 +208,35 @@ class LLMDecoder:
         return self._forward(self.embed(token), position_ids, cache)
 
     @torch.inference_mode()
+    def start(self, input_ids: torch.Tensor, fused_video: Optional[torch.Tensor] = None,
+              video_grid_thw: Optional[torch.Tensor] = None, max_new_tokens: int = 32,
+              second_per_grid_ts: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, DecodeSession]:
+        """Prefill: input_ids [1, L] (+ fused video [N, hidden] for its N video slots) ->
+        (logits [1, V] of the first new token, session for the following steps)."""
+        if input_ids.shape[0] != 1:
+            raise ValueError("LLMDecoder decodes one prompt at a time (batch 1)")
+        input_ids = input_ids.to(self.device)
+        length = int(input_ids.shape[1])
+        if self.static_cache and length + max_new_tokens > self.max_cache_len:
+            raise ValueError(f"prompt {length} + {max_new_tokens} new tokens "
+                             f"exceed the static cache ({self.max_cache_len})")
+        cache = self.new_cache(length + max_new_tokens)
+        position_ids, delta = self.positions(input_ids, video_grid_thw, second_per_grid_ts)
+        logits = self._forward(self.prompt_embeddings(input_ids, fused_video), position_ids, cache)
+        return logits, DecodeSession(self, cache, delta, length)
+
+    @torch.inference_mode()
+    def warmup(self, steps: int = 4, prompt_tokens: int = 16) -> None:
+        """Run a short text-only generation so that torch.compile and the CUDA-graph capture
+        happen now (model load) and not inside the first query's time budget."""
+        ids = torch.arange(prompt_tokens, device=self.device).view(1, -1) + 10
+        logits, session = self.start(ids, max_new_tokens=steps)
+        for _ in range(steps):
+            logits = session.step(logits.argmax(dim=-1))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, fused_video: Optional[torch.Tensor] = None,
                  video_grid_thw: Optional[torch.Tensor] = None,
                  settings: Optional[GenerationSettings] = None,
@@ -143,26 +246,18 @@ class LLMDecoder:
         settings = settings or GenerationSettings()
         if input_ids.shape[0] != 1:
             raise ValueError("LLMDecoder.generate decodes one prompt at a time (batch 1)")
-        input_ids = input_ids.to(self.device)
-        if self.static_cache and input_ids.shape[1] + settings.max_new_tokens > self.max_cache_len:
-            raise ValueError(f"prompt {input_ids.shape[1]} + {settings.max_new_tokens} new tokens "
-                             f"exceed the static cache ({self.max_cache_len})")
         generator = None
         if settings.do_sample and settings.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         out = GenerationOutput(prompt_tokens=int(input_ids.shape[1]))
-        cache = self.new_cache()
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        position_ids, delta = self.positions(input_ids, video_grid_thw)
-        embeds = self.prompt_embeddings(input_ids, fused_video)
-        logits = self._forward(embeds, position_ids, cache)
+        logits, session = self.start(input_ids, fused_video, video_grid_thw, settings.max_new_tokens)
         token = select_next_token(logits, settings, generator)
         sync()
         out.prefill_ms = (time.perf_counter() - t0) * 1000
         eos = set(int(t) for t in settings.eos_token_ids)
         t1 = time.perf_counter()
-        length = input_ids.shape[1]
         for step in range(settings.max_new_tokens):
             token_id = int(token.item())
             out.token_ids.append(token_id)
@@ -176,8 +271,7 @@ class LLMDecoder:
             if should_stop is not None and should_stop():
                 out.finish_reason = "cancelled"
                 break
-            position = (torch.full((1, 1), length + step, device=self.device) + delta)
-            logits = self._step(token.view(1, 1), position.view(1, 1, 1).expand(3, 1, 1), cache)
+            logits = session.step(token)
             token = select_next_token(logits, settings, generator)
         sync()
         out.decode_ms = (time.perf_counter() - t1) * 1000

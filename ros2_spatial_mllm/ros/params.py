@@ -17,6 +17,7 @@ GEOMETRY_SOURCES = ("auto", "sensor", "model", "none")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+DECODE_MODES = ("eager", "static", "compiled")  # = backends/llm.py DECODE_MODES (no torch import here)
 
 
 def _p(default, description: str, **constraints):
@@ -40,6 +41,9 @@ class NodeConfig:
     engine_precision: str = _p("fp16", "TensorRT engine precision", choices=ENGINE_PRECISIONS)
     allow_engine_build: bool = _p(False, "build a missing TensorRT engine at activate (minutes); "
                                   "false = fail activate with the cache's reason")
+    decode_mode: str = _p("eager", "LLM decode path: eager (dynamic KV cache), static (static KV "
+                          "cache reused across queries), compiled (static + torch.compile CUDA "
+                          "graphs, CUDA only, compiled at activate)", choices=DECODE_MODES)
     # image input
     image_topic: str = _p("image", "image topic (relative names remap cleanly); with "
                           "image_transport=compressed the node subscribes to <image_topic>/compressed")
@@ -157,6 +161,9 @@ class NodeConfig:
             problems.append("image_topic must not be empty")
         if self.backend != "torch" and not self.onnx_dir:
             problems.append(f"backend={self.backend} needs onnx_dir")
+        if self.decode_mode == "compiled" and self.device.strip().lower().startswith("cpu"):
+            problems.append(f"decode_mode=compiled needs a CUDA device (device={self.device!r}); "
+                            "use static or eager on CPU")
         if self.geometry_source == "sensor" and not (self.depth_topic and self.camera_info_topic):
             problems.append("geometry_source=sensor needs depth_topic and camera_info_topic")
         if self.tf_world_frame.strip() and self.odom_topic:
@@ -168,7 +175,8 @@ class NodeConfig:
     def backend_options(self) -> dict:
         """Keyword options for SpatialMLLM.load(backend_options=...)."""
         return {"onnx_dir": self.onnx_dir, "engine_cache_dir": self.engine_cache_dir,
-                "engine_precision": self.engine_precision, "allow_engine_build": self.allow_engine_build}
+                "engine_precision": self.engine_precision, "allow_engine_build": self.allow_engine_build,
+                "decode_mode": self.decode_mode}
 
     @property
     def buffer_max_bytes(self) -> int:

@@ -141,12 +141,30 @@ def test_fewer_frames_than_asked_is_an_error_by_default(png_folder):
     (["ask", "--video", "{video}", "--question", "q?", "--backend", "onnxruntime"], "needs --onnx-dir"),
     (["ask", "--video", "{video}", "--question", "q?", "--backend", "onnxruntime", "--onnx-dir", "/nonexistent"],
      "/nonexistent"),
+    (["ask", "--video", "{video}", "--question", "q?", "--decode-mode", "turbo"], "invalid choice: 'turbo'"),
+    (["ask", "--video", "{video}", "--question", "q?", "--decode-mode", "compiled", "--device", "cpu"],
+     "--decode-mode compiled needs a CUDA --device"),
     (["ask", "--question", "q?"], "--video"),
     ([], "missing command"),
 ])
 def test_bad_input_one_line_no_traceback(room_video, args, fragment):
     args = [str(room_video) if a == "{video}" else a for a in args]
     assert_clean_error(run_cli(*args), fragment)
+
+
+def test_bad_decode_mode_exits_2(room_video):
+    proc = run_cli("ask", "--video", room_video, "--question", "q?", "--decode-mode", "turbo")
+    assert proc.returncode == 2
+    assert_clean_error(proc, "--decode-mode")
+
+
+def test_ask_with_static_decode_mode(png_folder):
+    proc = run_cli("ask", "--video", png_folder, "--question", "How many chairs?", "--sampling", "uniform",
+                   "--num-frames", 3, "--max-new-tokens", 4, "--decode-mode", "static")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["model"]["decode_mode"] == "static" and 0 < out["num_tokens"] <= 4
+    assert out["timings_ms"]["model_decode"] >= 0.0 and out["timings_ms"]["model_prefill"] > 0.0
 
 
 def test_unreadable_and_empty_inputs(tmp_path):

@@ -126,7 +126,7 @@ def _node_load(config):
     """What the node's on_activate does with its parameters (node.py), without rclpy."""
     from ros2_spatial_mllm.buffer import FrameBuffer
     from ros2_spatial_mllm.query_engine import QueryEngine
-    from ros2_spatial_mllm.safety import load_with_verified_backend
+    from ros2_spatial_mllm.engine_checks import load_with_verified_backend
     engine = QueryEngine(FrameBuffer(max_frames=8), loader=load_with_verified_backend)
     ok = engine.load(model=config.model_path or None, preset=config.model_preset, device="cpu",
                      backend=config.backend, backend_options=config.backend_options())

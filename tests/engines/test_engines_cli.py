@@ -50,9 +50,10 @@ def test_errors_are_one_line(connector_export, tmp_path, capsys):
 
 def test_export_records_the_model_it_came_from(connector_export):
     """`export --preset tiny` exports the embedded tiny checkpoint and records its identity, which
-    the node's loader (safety.check_onnx_export) compares with the model it loads."""
+    the node's loader (engine_checks.check_onnx_export) compares with the model it loads."""
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
-    from ros2_spatial_mllm.safety import EngineFileError, check_onnx_export, model_identity
+    from ros2_spatial_mllm.engine_checks import EngineFileError, check_onnx_export
+    from ros2_spatial_mllm.safety import model_identity
     manifest = json.loads((connector_export / "export_manifest.json").read_text())
     identity = model_identity(TINY_ASSETS_DIR)
     assert manifest["model_config_hash"] == identity["config_hash"] != "unknown"

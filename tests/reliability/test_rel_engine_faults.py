@@ -5,7 +5,7 @@ checkpoint the node loads (its manifest records that model's config hash and rev
 realistic "ONNX of another checkpoint" case) and `other_config` from a tiny model with a wider
 LLM (connector/vision outputs 128 instead of 64); `truncated` = `good` with connector.onnx cut in
 half. Pinned behaviour:
-  * files only: `safety.check_onnx_export` refuses a truncated file, a same-size corrupted file
+  * files only: `engine_checks.check_onnx_export` refuses a truncated file, a same-size corrupted file
     (sha256 vs the export manifest), a missing component file and a manifest recording another
     model (`model_config_hash` / `model_revision`), each naming the file; accepts `good`;
   * node: activate with each bad export FAILS with exactly one "activate failed" line naming
@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from harness import ROOT, STAMPS, Diagnostics, image_messages, publish, ros_env, wait_for
 from ros2_spatial_mllm.query_engine import ErrorCode
-from ros2_spatial_mllm.safety import EngineFileError, check_onnx_export, config_hash, model_revision
+from ros2_spatial_mllm.engine_checks import EngineFileError, check_onnx_export
+from ros2_spatial_mllm.safety import config_hash, model_revision
 
 TINY = ROOT / "ros2_spatial_mllm" / "assets" / "tiny"
 ERROR_LEVEL = 2
