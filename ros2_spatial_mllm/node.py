@@ -424,11 +424,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spatial_mllm_node: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        if node is not None:
-            node._teardown()
-            node._views.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if node is not None:
+                node._teardown()
+                node._views.close()
+                node.destroy_node()
+            rclpy.try_shutdown()
+        except KeyboardInterrupt:   # a second Ctrl-C while shutting down: quit without a traceback
+            pass
     return 0
 
 
