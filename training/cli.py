@@ -4,7 +4,8 @@
     # tiny CPU run of the whole default pipeline on a self-made fixture (about a minute):
     spatial-mllm-train default --config training/configs/tiny_smoke.yaml
 
-Stages: geometry (spatial-encoder pre-training), sft, grpo, curriculum, default (geometry ->
+Stages: geometry (spatial-encoder pre-training), semantic (2D-tower pre-training on the
+renderer's instance masks), sft, cached-sft (frozen encoders, cached visual tokens), grpo, curriculum, default (geometry ->
 SFT -> optional GRPO -> evaluation -> export of the tiny weights). Multi-process: the same
 command under `torchrun --nproc_per_node N -m training.cli ...` or `accelerate launch
 --config_file training/configs/accelerate_ddp.yaml -m training.cli ...` (see
@@ -17,7 +18,7 @@ import json
 import os
 import sys
 
-STAGES = ("geometry", "sft", "grpo", "curriculum", "default", "fixture")
+STAGES = ("geometry", "semantic", "sft", "cached-sft", "grpo", "curriculum", "default", "fixture")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.stage == "geometry":
         from training.geometry_pretrain import run_geometry
         return run_geometry(cfg)
+    if args.stage == "semantic":
+        from training.semantic_pretrain import run_semantic
+        return run_semantic(cfg)
+    if args.stage == "cached-sft":
+        from training.cached_sft import run_cached_sft
+        return run_cached_sft(cfg)
     if args.stage == "sft":
         from training.sft import run_sft
         return run_sft(cfg)

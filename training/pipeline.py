@@ -7,7 +7,10 @@ evaluation tables, one command with a fixed seed.
 Steps (each resumable: a finished step is skipped when its `final/` exists, unless force):
   1. data      the data engine renders the synthetic scenes with depth (training/data/generate.py)
   2. geometry  spatial-encoder pre-training on depth + poses (geometry_pretrain.py)
-  3. sft       SFT from the geometry checkpoint (sft.py)
+  2b. semantic optional (semantic.enabled): 2D-tower pre-training on instance masks (semantic_pretrain.py)
+  2c. align    optional (align.enabled): cached SFT on the grounding questions only (cached_sft.py)
+  3. sft       SFT from the geometry checkpoint (sft.py), or with cached_sft.enabled SFT of
+               connector + LLM on cached frozen-encoder tokens (cached_sft.py)
   4. grpo      optional (grpo.enabled)
   5. export    official-layout checkpoint into export.dir (ros2_spatial_mllm/assets/tiny for the
                shipped default), float32 safetensors, size checked against export.max_mb
@@ -27,7 +30,8 @@ from training.trainer_utils import deep_update
 
 
 def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
-    stage = deep_update({k: v for k, v in cfg.items() if k not in ("geometry", "sft", "grpo", "export", "eval")},
+    stage = deep_update({k: v for k, v in cfg.items()
+                         if k not in ("geometry", "semantic", "align", "sft", "cached_sft", "grpo", "export", "eval")},
                         {"output_dir": str(out / name), name: cfg.get(name, {})})
     if init is not None:
         stage["model"] = {**stage.get("model", {}), "init": init}
@@ -88,6 +92,22 @@ def ensure_data(cfg: dict) -> Path:
         summary["splits"][split] = {"questions": len(rows)}
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     return root
+
+
+def add_grounding(cfg: dict, data_root: Path) -> None:
+    """data.grounding (per_scene: N): write grounding questions (training/grounding_questions.py)
+    for train and val once, and train/validate on them next to the data engine's questions (the
+    test split and its evaluation are unchanged)."""
+    g = cfg.get("data", {}).get("grounding")
+    if not g:
+        return
+    from training.grounding_questions import write_grounding
+
+    for split in ("train", "val"):
+        if not (data_root / f"grounding_{split}.jsonl").is_file():
+            write_grounding(data_root, split, k=int(cfg["data"].get("num_frames", 8)),
+                            per_scene=int(g.get("per_scene", 12)), seed=int(cfg.get("seed", 0)))
+        cfg["data"][f"{split}_jsonl"] = [str(data_root / f"{split}.jsonl"), str(data_root / f"grounding_{split}.jsonl")]
 
 
 def _safe_scene(job) -> dict:
@@ -210,14 +230,30 @@ def run_default(cfg: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     force = bool(cfg.get("force", False))
     data_root = ensure_data(cfg)
+    add_grounding(cfg, data_root)
     init = cfg.get("model", {}).get("init", "random")
     if cfg.get("geometry", {}).get("enabled", True) and cfg.get("model", {}).get("preset", "tiny") == "tiny":
         if force or not _done(out, "geometry"):
             run_geometry(_stage_cfg(cfg, "geometry", out, init))
         init = str(out / "geometry" / "final")
-    if force or not _done(out, "sft"):
-        run_sft(_stage_cfg(cfg, "sft", out, init))
-    init = str(out / "sft" / "final")
+    if cfg.get("semantic", {}).get("enabled", False):  # 2D-tower pre-training on instance masks
+        from training.semantic_pretrain import run_semantic
+        if force or not _done(out, "semantic"):
+            run_semantic(_stage_cfg(cfg, "semantic", out, init))
+        init = str(out / "semantic" / "final")
+    if cfg.get("align", {}).get("enabled", False):  # cached SFT on grounding questions only (alignment)
+        from training.cached_sft import run_cached_sft
+        if force or not _done(out, "align"):
+            run_cached_sft(_stage_cfg(cfg, "align", out, init), section="align")
+        init = str(out / "align" / "final")
+    sft_stage = "cached_sft" if cfg.get("cached_sft", {}).get("enabled", False) else "sft"
+    if force or not _done(out, sft_stage):
+        if sft_stage == "cached_sft":  # frozen encoders, SFT on cached visual tokens
+            from training.cached_sft import run_cached_sft
+            run_cached_sft(_stage_cfg(cfg, "cached_sft", out, init))
+        else:
+            run_sft(_stage_cfg(cfg, "sft", out, init))
+    init = str(out / sft_stage / "final")
     if cfg.get("grpo", {}).get("enabled", False):
         from training.grpo import run_grpo
         if force or not _done(out, "grpo"):

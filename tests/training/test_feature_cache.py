@@ -1,0 +1,175 @@
+"""Cached-feature SFT, the frame-signal probe and the 2D tower's semantic pre-training, on a
+few real data-engine scenes (112x84, 8 frames, instance masks) and the tiny preset."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.cached_sft import batch_records, run_cached_sft
+from training.feature_cache import VisualFeatureCache, cached_answer_loss, cached_forward
+from training.fixtures import tiny_assets_for_tests
+from training.frame_signal import frame_signal, shuffled_keys, spread
+from training.model_io import ExampleEncoder, build_model, load_qa_records
+from training.semantic_pretrain import SemanticClips, run_semantic, token_targets
+from training.sft import answer_token_loss, collate
+from training.trainer_utils import state_dict_hash
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from training.data.generate import GenerateConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("cached")
+    cfg = GenerateConfig(num_scenes=5, questions_per_scene=12, num_frames=8, width=112, height=84,
+                         split_fractions=(0.6, 0.4, 0.0), save_depth=True, multispa_fraction=0.25)
+    generate_dataset(root / "data", cfg, workers=1, progress=False)
+    return {"root": root, "assets": str(tiny_assets_for_tests(root)), "data": str(root / "data")}
+
+
+def _model(setup, seed=0):
+    model, assets = build_model({"init": "random", "assets_dir": setup["assets"], "seed": seed})
+    return model, assets
+
+
+def test_cached_forward_equals_the_pixel_forward(setup):
+    model, assets = _model(setup)
+    model.eval()
+    dcfg = {"root": setup["data"], "num_frames": 4}
+    recs = load_qa_records(dcfg, "train")
+    recs = [next(r for r in recs if r.get("family") == "multispa"), next(r for r in recs if r.get("family") != "multispa")]
+    enc = ExampleEncoder(model, assets, dcfg)
+    cache = VisualFeatureCache(model, enc)
+    with torch.no_grad():
+        for rec in recs:  # one at a time: 1-2 frame and 4 frame questions do not stack as pixels
+            ref_batch = collate([enc.encode_sft(rec)], enc.pad_id)
+            ref = model(**{k: v for k, v in ref_batch.items() if k != "labels"}, use_cache=False).logits
+            got_batch = cache.batch([rec])
+            assert torch.equal(got_batch["input_ids"], ref_batch["input_ids"])
+            assert torch.equal(got_batch["labels"], ref_batch["labels"])
+            assert torch.allclose(cached_forward(model, got_batch), ref, atol=1e-5)
+        # mixed frame counts do batch on cached features; the answer-only head gives the same loss
+        mixed = cache.batch(recs)
+        full, _ = answer_token_loss(cached_forward(model, mixed), mixed["labels"])
+        fast, metrics = cached_answer_loss(model, mixed)
+    assert torch.allclose(full, fast, atol=1e-5)
+    assert metrics["answer_tokens"] == float((mixed["labels"] != -100).sum())
+
+
+def test_shuffled_frames_come_from_another_scene_with_the_same_frame_count(setup):
+    model, assets = _model(setup)
+    dcfg = {"root": setup["data"], "num_frames": 4}
+    recs = load_qa_records(dcfg, "train")
+    cache = VisualFeatureCache(model, ExampleEncoder(model, assets, dcfg))
+    own = [cache.frame_key(r) for r in recs]
+    shuf = shuffled_keys(recs, cache)
+    scene_of = {k: r["scene_id"] for k, r in zip(own, recs)}
+    assert all(len(a) == len(b) for a, b in zip(own, shuf))
+    for r, a, b in zip(recs, own, shuf):
+        partner = any(len(k) == len(a) and scene_of[k] != r["scene_id"] for k in own)
+        assert (scene_of[b] != r["scene_id"]) == partner  # own frames only when no other scene fits
+    assert sum(scene_of[b] != r["scene_id"] for r, b in zip(recs, shuf)) > len(recs) // 2
+    assert spread(list(range(10)), 3) == [0, 3, 6] and spread([1, 2], 0) == [1, 2]
+    res = frame_signal(model, cache, recs[:6])
+    assert res["overall"]["n"] == 6 and np.isfinite(res["overall"]["gap"])
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    a = batch_records(10, 4, seed=1, step=3)
+    assert a == batch_records(10, 4, seed=1, step=3)
+    first_epoch = sum((batch_records(10, 5, seed=1, step=s) for s in range(2)), [])
+    assert sorted(first_epoch) == list(range(10))  # an epoch visits every record once
+
+
+def test_cached_sft_trains_connector_and_llm_only(setup, tmp_path):
+    init = tmp_path / "init"
+    model, assets = _model(setup, seed=2)
+    from training.checkpointing import save_model_files
+
+    save_model_files(model, init, assets)
+    enc_hash = state_dict_hash(torch.nn.ModuleList([model.model.visual, model.spatial_encoder]))
+    conn_hash = state_dict_hash(model.connector)
+    cfg = {"seed": 0, "output_dir": str(tmp_path / "out"),
+           "model": {"init": str(init), "assets_dir": setup["assets"]},
+           "data": {"root": setup["data"], "num_frames": 4},
+           "cached_sft": {"max_steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 3,
+                          "eval_limit": 8, "lr": {"connector": 1e-2, "llm": 1e-2}}}
+    result = run_cached_sft(cfg)
+    trained, _ = build_model({"init": str(result["final_dir"]), "assets_dir": setup["assets"]})
+    assert state_dict_hash(torch.nn.ModuleList([trained.model.visual, trained.spatial_encoder])) == enc_hash
+    assert state_dict_hash(trained.connector) != conn_hash
+    assert (tmp_path / "out" / "signal.json").is_file() and result["signal"]["n"] > 0
+
+
+def test_token_targets_follow_qwen_merged_order():
+    maps = np.zeros((2, 28, 56), np.int64)
+    maps[0, :, 28:] = 3          # right block of the first frame only: half of that token's pixels
+    t = token_targets(maps, num_classes=4)
+    assert t.shape == (2, 4)     # (t=1) x (1 x 2 blocks)
+    assert torch.allclose(t[0], torch.tensor([1.0, 0, 0, 0]))
+    assert torch.allclose(t[1], torch.tensor([0.5, 0, 0, 0.5]))
+
+
+def test_semantic_stage_trains_the_2d_tower_only(setup, tmp_path):
+    clips = SemanticClips(setup["data"], "train", frames=4)
+    frames, classes = clips.clip(0, 0.5)
+    assert frames.shape[:3] == classes.shape and classes.max() > 0  # objects are labelled
+    init = tmp_path / "init"
+    model, assets = _model(setup, seed=1)
+    from training.checkpointing import save_model_files
+
+    save_model_files(model, init, assets)
+    llm_hash = state_dict_hash(model.model.language_model)
+    vis_hash = state_dict_hash(model.model.visual)
+    cfg = {"seed": 0, "output_dir": str(tmp_path / "sem"), "model": {"init": str(init), "assets_dir": setup["assets"]},
+           "data": {"root": setup["data"]}, "semantic": {"frames": 4, "scenes_per_batch": 2, "max_steps": 2,
+                                                          "warmup_steps": 1, "log_every": 1}}
+    result = run_semantic(cfg)
+    trained, _ = build_model({"init": str(result["final_dir"]), "assets_dir": setup["assets"]})
+    assert state_dict_hash(trained.model.language_model) == llm_hash
+    assert state_dict_hash(trained.model.visual) != vis_hash
+    assert np.isfinite(result["last_metrics"]["loss"])
+
+
+def test_grounding_questions_are_answered_by_the_sampled_frames(setup):
+    import json
+    from pathlib import Path
+
+    from training.grounding_questions import visible_instances, write_grounding
+
+    out = write_grounding(setup["data"], "train", k=4, per_scene=8)
+    rows = [json.loads(line) for line in open(out)]
+    assert rows and {r["task_type"] for r in rows} == {"grounding_presence", "grounding_visible_count", "grounding_caption"}
+    for r in rows:
+        if r["task_type"] == "grounding_caption":
+            assert r["answer_text"] and r["answer_text"] == r["answer"]
+            continue
+        scene = Path(setup["data"]) / "scenes" / "train" / r["scene_id"]
+        meta = next(iter(json.loads((scene / "meta.json").read_text()).values()))
+        cat = r["question"].split(" a ", 1)[-1].split(" in this")[0] if r["options"] else \
+            r["question"][len("How many "):].split(" instances")[0]
+        ids = {int(b["instance_id"]) for b in meta["object_bbox"].get(cat, [])}
+        seen = ids & set(visible_instances(scene, r["frame_indices"]))
+        if r["task_type"] == "grounding_presence":
+            assert (r["answer"] == "A") == bool(seen)
+        else:
+            assert int(r["answer"]) == len(seen) > 0
+        assert len(r["frame_indices"]) == 4
+
+
+def test_default_pipeline_with_semantic_and_cached_sft(setup, tmp_path):
+    from training.pipeline import run_default
+    from training.trainer_utils import load_config
+
+    cfg = load_config("training/configs/tiny_frames.yaml", [
+        f"output_dir={tmp_path / 'pipe'}", "export.dir=", f"data.root={setup['data']}", "data.num_frames=4",
+        f"model.assets_dir={setup['assets']}", "geometry.max_steps=1", "geometry.frames=2", "semantic.max_steps=1",
+        "semantic.frames=4", "cached_sft.max_steps=2", "cached_sft.eval_every=2", "cached_sft.eval_limit=4",
+        "cached_sft.save_every=0", "align.max_steps=2", "align.eval_every=2", "align.eval_limit=2",
+        "align.save_every=0", "eval.split=val", "eval.limit=3", "eval.num_frames=4", "eval.max_new_tokens=4"])
+    result = run_default(cfg)
+    assert result["final_dir"].endswith("cached_sft/final")
+    for stage in ("geometry", "semantic", "align", "cached_sft"):
+        assert (tmp_path / "pipe" / stage / "final" / "config.json").is_file()
+    assert (tmp_path / "pipe" / "report.md").is_file()
+    assert (Path(setup["data"]) / "grounding_train.jsonl").is_file()

@@ -1,0 +1,138 @@
+"""SFT with frozen encoders on cached visual tokens (connector + LLM trained).
+
+    spatial-mllm-train cached-sft --config training/configs/cached_sft_tiny.yaml
+    # tiny CPU smoke run:
+    python -m training.cli cached-sft --config training/configs/cached_sft_tiny.yaml \
+        --set cached_sft.max_steps=3 --set output_dir=runs/exp_smoke
+
+The reference recipe freezes both encoders in SFT; then the visual tokens of a question are a
+pure function of its frames and are computed once (training/feature_cache.py). A step runs only
+connector + LLM, so the same CPU hour sees many times more questions than end-to-end SFT.
+`model.init` must be a checkpoint whose encoders are already trained (geometry pre-training of
+the spatial encoder, semantic pre-training of the 2D tower); the saved checkpoints are ordinary
+Spatial-MLLM checkpoints (the frozen encoders are copied through unchanged).
+
+Every `eval_every` steps it logs the frame signal on a fixed slice of the validation split
+(answer loss with the true frames vs another scene's frames, training/frame_signal.py) as
+`val_loss_true`, `val_loss_shuffled`, `val_gap` in metrics.csv, and writes the last per-task table
+to signal.json / signal.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from training.feature_cache import IGNORE_INDEX, VisualFeatureCache, cached_answer_loss
+from training.loop import LoopConfig, train_loop
+from training.sft import setup_trainable
+from training.trainer_utils import cosine_with_warmup, init_distributed, set_seed
+
+FROZEN_ENCODERS = {"vision": False, "vision_merger": False, "spatial_encoder": False, "connector": True, "llm": True}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Permutation of the n training records for one epoch, seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_records(n: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Record indices of (step, rank): a pure function of the step (resume replays exactly)."""
+    start = (step * world + rank) * batch_size
+    out = []
+    for pos in range(start, start + batch_size):
+        epoch, off = divmod(pos, n)
+        out.append(int(epoch_order(n, seed, epoch)[off]))
+    return out
+
+
+def precompute(cache: VisualFeatureCache, recs: list[dict], desc: str, show: bool = True) -> None:
+    """Encode every distinct frame set of `recs` once (the only encoder passes of the stage)."""
+    keys = list(dict.fromkeys(cache.frame_key(r) for r in recs))
+    for k in tqdm(keys, desc=desc, disable=not show, dynamic_ncols=True):
+        cache.visual(k)
+
+
+def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
+    """Run the stage from a config dict (see training/configs/cached_sft_tiny.yaml); `section`
+    names the config block (the pipeline's `align` stage is this stage with only_tasks set)."""
+    from training.frame_signal import format_table, frame_signal, spread
+    from training.model_io import ExampleEncoder, build_model, load_qa_records, task_family
+
+    env = init_distributed(cfg.get("device", "cpu"))
+    if env.world_size > 1:  # the loss calls model.model / lm_head directly, bypassing a DDP wrapper
+        raise RuntimeError("cached_sft runs in one process (its steps are cheap); launch it without torchrun")
+    scfg = cfg.get(section, {})
+    seed = int(cfg.get("seed", 0))
+    set_seed(seed)
+    out_dir = Path(cfg.get("output_dir", "runs/cached_sft"))
+    model, assets_dir = build_model(cfg.get("model", {}))
+    if scfg.get("zero_init_connector", False):
+        # the spatial branch starts silent, so the (semantic) 2D tokens are not buried under it;
+        # it grows in as SFT finds use for it (as zero-initialised residual branches do)
+        torch.nn.init.zeros_(model.connector.mlp[2].weight)
+        torch.nn.init.zeros_(model.connector.mlp[2].bias)
+    groups, counts = setup_trainable(model, {**scfg, "train": {**FROZEN_ENCODERS, **scfg.get("train", {})}})
+    if any(counts.get(c) for c in ("vision", "vision_merger", "spatial_encoder")):
+        raise ValueError("cached_sft: the encoders must stay frozen (their outputs are cached)")
+    if env.is_main:
+        print("cached_sft: trainable parameters per component:", counts)
+    dcfg = cfg.get("data", {})
+    records = load_qa_records(dcfg, split=dcfg.get("train_split", "train"))
+    skip = set(scfg.get("skip_tasks", []))
+    skip_fam = set(scfg.get("skip_families", []))
+
+    only = set(scfg.get("only_tasks", []))
+
+    def keep(r: dict) -> bool:
+        if only and task_family(r) not in only:
+            return False
+        return task_family(r) not in skip and r.get("family", "vsibench") not in skip_fam
+
+    records = [r for r in records if keep(r)]
+    if not records:
+        raise RuntimeError("cached_sft: no training questions found (check data.* in the config)")
+    encoder = ExampleEncoder(model, assets_dir, dcfg, seed=seed)
+    cache = VisualFeatureCache(model, encoder)
+    precompute(cache, records, "encode train frames", env.is_main)
+    val = spread([r for r in load_qa_records(dcfg, split="val") if keep(r)], int(scfg.get("eval_limit", 240)))
+    if val:
+        precompute(cache, val, "encode val frames", env.is_main)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    max_steps = int(scfg.get("max_steps", 100))
+    scheduler = cosine_with_warmup(optimizer, int(scfg.get("warmup_steps", max(1, max_steps * 3 // 100))), max_steps)
+    bs = int(scfg.get("batch_size", 16))
+
+    def compute_loss(step: int, micro: int):
+        idx = batch_records(len(records), bs, seed, step * int(scfg.get("grad_accum", 1)) + micro, env.rank,
+                            env.world_size)
+        batch = cache.batch([records[i] for i in idx])
+        return cached_answer_loss(model, batch)
+
+    signal_log: list[dict] = []
+
+    def on_step_end(step: int, row: dict) -> None:
+        every = int(scfg.get("eval_every", 0))
+        if not val or not every or (step % every and step != max_steps) or not env.is_main:
+            return
+        res = frame_signal(model, cache, val, batch_size=64)
+        signal_log.append({"step": step, **res["overall"]})
+        (out_dir / "signal.json").write_text(json.dumps({"history": signal_log, "last": res}, indent=1))
+        (out_dir / "signal.md").write_text(f"step {step}\n\n" + format_table(res) + "\n")
+        tqdm.write(f"[cached_sft] step {step}: val loss true {res['overall']['loss_true']:.4f} "
+                   f"shuffled {res['overall']['loss_shuffled']:.4f} gap {res['overall']['gap']:.4f}")
+        model.train()
+
+    loop_cfg = LoopConfig.from_dict(section, scfg, out_dir)
+    loop_cfg.resume = cfg.get("resume", loop_cfg.resume)
+    loop_cfg.plot_keys = ("loss", "token_acc", "lr", "grad_norm")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = train_loop(loop_cfg, env, model, optimizer, scheduler, compute_loss, processor=assets_dir,
+                        on_step_end=on_step_end)
+    return {**result, "trainable": counts, "signal": signal_log[-1] if signal_log else None}
+
+
+__all__ = ["run_cached_sft", "batch_records", "epoch_order", "IGNORE_INDEX"]

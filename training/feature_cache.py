@@ -1,0 +1,162 @@
+"""Frozen-encoder feature cache: SFT on cached visual tokens (connector + LLM only).
+
+When both encoders are frozen (the reference recipe), a question's visual input is a pure
+function of its frames, and every VSI-Bench question of a scene sees the same K sampled frames.
+So the 2D tower (+ merger) and the VGGT aggregator run once per distinct frame set, and an SFT
+step only runs connector + LLM on short token sequences: on a 2-core CPU that is one to two
+orders of magnitude more samples per hour than end-to-end steps.
+
+What is cached per frame set (key = scene frames dir + chosen frame numbers):
+    video   [N, H]       the 2D tower's merged video tokens (H = LLM width)
+    spatial [N, Dm]      VGGT patch features packed in Qwen's merged order, before the connector
+                         (Dm = 2C * temporal_patch * merge**2; connector = mlp(ln_q(spatial)))
+    grid    [1, 3]       Qwen's video_grid_thw (t, gh, gw)
+Per record: prompt ids with the video placeholders expanded exactly as inference does
+(`SpatialMLLM.prepare_inputs`), answer ids, labels on the answer only.
+
+`fused_tokens` rebuilds what `SpatialMLLMForConditionalGeneration.fuse_video` returns, so a model
+trained here is an ordinary checkpoint: `SpatialMLLM.load` / spatial-mllm-eval read it unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ros2_spatial_mllm.model.connector import pack_spatial_tokens, pad_frames_to_multiple
+from training.model_io import ExampleEncoder, choose_frames, frame_paths, read_frames
+
+IGNORE_INDEX = -100
+VIDEO_PAD = "<|video_pad|>"
+
+
+class VisualFeatureCache:
+    """Frozen 2D + spatial encoder outputs per distinct frame set, plus per-record token ids."""
+
+    def __init__(self, model, encoder: ExampleEncoder):
+        self.model = model
+        self.encoder = encoder
+        self.features: dict[tuple, dict] = {}
+        self.tokens: dict[str, dict] = {}
+
+    # -- visual features ------------------------------------------------------------------------
+    def frame_key(self, rec: dict, sampling: str | None = None) -> tuple:
+        """(frames dir, chosen frame files) for the record under the encoder's sampling."""
+        paths = frame_paths(rec, self.encoder.data_cfg)
+        idx = choose_frames(len(paths), self.encoder.k, sampling or self.encoder.sampling, rec, self.encoder.data_cfg)
+        return tuple(str(paths[i]) for i in idx)
+
+    @torch.no_grad()
+    def visual(self, key: tuple) -> dict:
+        """Encoded frames for a key: {video [N, H], spatial [N, Dm], grid [1, 3]} (CPU, float32)."""
+        if key not in self.features:
+            frames = read_frames([Path(p) for p in key])
+            inputs = self.encoder.runtime.prepare_inputs(list(frames), "x")
+            model = self.model
+            model.eval()
+            video = model.video_embeds(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+            feats, start = model.spatial_features(inputs["spatial_pixel_values"])
+            patches = pad_frames_to_multiple(feats[:, :, start:], model.connector.temporal_patch_size, dim=1)
+            t, gh, gw = (int(v) for v in inputs["video_grid_thw"][0].tolist())
+            spatial = pack_spatial_tokens(patches, gh, gw, model.connector.temporal_patch_size,
+                                          model.connector.spatial_merge_size)
+            self.features[key] = {"video": video.float().cpu(), "spatial": spatial.float().cpu(),
+                                  "grid": inputs["video_grid_thw"].cpu(),
+                                  "second_per_grid_ts": inputs["second_per_grid_ts"].float().cpu()}
+        return self.features[key]
+
+    # -- text -----------------------------------------------------------------------------------
+    def record_tokens(self, rec: dict, num_video_tokens: int, with_answer: bool = True) -> dict:
+        """input_ids / labels / mm_token_type_ids (lists) for one record (cached by id + count)."""
+        from ros2_spatial_mllm.prompts import build_prompt
+
+        cache_key = f"{rec.get('id', id(rec))}/{num_video_tokens}/{int(with_answer)}"
+        if cache_key not in self.tokens:
+            tok = self.encoder.tokenizer
+            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": build_prompt(
+                rec["question"], rec.get("options") or None)}]}]
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = text.replace(VIDEO_PAD, VIDEO_PAD * num_video_tokens)
+            prompt = list(tok(text, add_special_tokens=False)["input_ids"])
+            answer = self.encoder.answer_ids(rec) if with_answer else []
+            video_id = int(self.model.config.video_token_id)
+            self.tokens[cache_key] = {
+                "input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
+                "mm_token_type_ids": [2 if i == video_id else 0 for i in prompt] + [0] * len(answer)}
+        return self.tokens[cache_key]
+
+    # -- batches --------------------------------------------------------------------------------
+    def batch(self, recs: list[dict], keys: list[tuple] | None = None, with_answer: bool = True) -> dict:
+        """Collate records (visual features from `keys`, default each record's own frames).
+
+        returns input_ids / attention_mask / labels / mm_token_type_ids [B, Lmax] (right padded),
+        video_grid_thw [B, 3], second_per_grid_ts [B], video [sum N_i, H], spatial [sum N_i, Dm]."""
+        keys = keys or [self.frame_key(r) for r in recs]
+        vis = [self.visual(k) for k in keys]
+        merge = self.model.connector.spatial_merge_size ** 2
+        toks = [self.record_tokens(r, int(v["grid"].prod()) // merge, with_answer) for r, v in zip(recs, vis)]
+        longest = max(len(t["input_ids"]) for t in toks)
+        bsz = len(recs)
+        ids = torch.full((bsz, longest), self.encoder.pad_id, dtype=torch.long)
+        labels = torch.full((bsz, longest), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((bsz, longest), dtype=torch.long)
+        mm = torch.zeros((bsz, longest), dtype=torch.int32)
+        for i, t in enumerate(toks):
+            n = len(t["input_ids"])
+            ids[i, :n] = torch.as_tensor(t["input_ids"])
+            labels[i, :n] = torch.as_tensor(t["labels"])
+            mm[i, :n] = torch.as_tensor(t["mm_token_type_ids"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": mm,
+                "video_grid_thw": torch.cat([v["grid"] for v in vis]),
+                "second_per_grid_ts": torch.cat([v["second_per_grid_ts"] for v in vis]),
+                "video": torch.cat([v["video"] for v in vis]), "spatial": torch.cat([v["spatial"] for v in vis])}
+
+
+def fused_tokens(model, video: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+    """connector 'mlp_add' on cached features: video [N, H] + mlp(ln_q(spatial [N, Dm])) -> [N, H]."""
+    conn = model.connector
+    return video + conn.mlp(conn.ln_q(spatial.to(conn.mlp[0].weight.dtype))).to(video.dtype)
+
+
+def cached_forward(model, batch: dict, device: torch.device | str = "cpu") -> torch.Tensor:
+    """LLM forward with cached visual features -> logits [B, L, V] (same path as model.forward
+    with pixels: fused tokens replace the video placeholders, Qwen's 3-D RoPE from the grids)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    fused = fused_tokens(model, batch["video"].to(device), batch["spatial"].to(device))
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                mm_token_type_ids=batch["mm_token_type_ids"].to(device),
+                video_grid_thw=batch["video_grid_thw"].to(device),
+                second_per_grid_ts=batch["second_per_grid_ts"].to(device),
+                mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))}, use_cache=False)
+    return out.logits
+
+
+def cached_answer_logits(model, batch: dict, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """As `cached_forward`, but the LM head runs only where a label is predicted (the answer
+    tokens; the head over a 3k vocabulary at every prompt position is most of a tiny model's
+    step). Returns (logits [T, V], targets [T]) for the T labelled next-token positions."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    fused = fused_tokens(model, batch["video"].to(device), batch["spatial"].to(device))
+    out = model.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                      mm_token_type_ids=batch["mm_token_type_ids"].to(device),
+                      video_grid_thw=batch["video_grid_thw"].to(device),
+                      second_per_grid_ts=batch["second_per_grid_ts"].to(device),
+                      mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))}, use_cache=False)
+    labels = batch["labels"][:, 1:].to(device)
+    valid = labels != IGNORE_INDEX
+    hidden = out.last_hidden_state[:, :-1][valid]
+    return model.lm_head(hidden), labels[valid]
+
+
+def cached_answer_loss(model, batch: dict, device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict]:
+    """Mean answer-token cross-entropy on cached features -> (loss, {'answer_tokens', 'token_acc'})."""
+    import torch.nn.functional as F
+
+    logits, targets = cached_answer_logits(model, batch, device)
+    loss = F.cross_entropy(logits.float(), targets)
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == targets).float().mean() if len(targets) else torch.tensor(0.0)
+    return loss, {"answer_tokens": float(len(targets)), "token_acc": float(acc)}
