@@ -16,7 +16,9 @@ def test_lifecycle_and_compressed_input(client_node, node_factory):
     proc = node_factory("lifecycle_node", params={
         "autostart": False, "image_transport": "compressed", "image_topic": "cam",
         "geometry_source": "none", "num_frames": 3, "max_new_tokens": 4,
-        "diagnostics_period_s": 0.2})
+        "diagnostics_period_s": 0.2,
+        # exact frame counts below: a best-effort reader may lose a JPEG on a loaded machine
+        "qos_reliability": "reliable", "qos_depth": 20})
     fqn = proc.fqn
     diag = DiagnosticsWatcher(client_node, fqn)
     try:
