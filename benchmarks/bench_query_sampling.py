@@ -59,7 +59,7 @@ from ros2_spatial_mllm.geometry_worker import GeometryWorker  # noqa: E402
 from ros2_spatial_mllm.query_engine import select_frames  # noqa: E402
 from ros2_spatial_mllm.sampling import (FrameVoxels, VoxelIndex, reference_space_aware_sample,  # noqa: E402
                                         reference_voxel_size)
-from ros2_spatial_mllm.sampling.synthetic import room_scan  # noqa: E402
+from ros2_spatial_mllm.sampling.synthetic import ellipse_walk  # noqa: E402
 
 TARGET_RATIO = 100.0
 # dense bf16 tensor-core peak (TFLOP/s), vendor datasheets (same table as bench_backends.py)
@@ -78,21 +78,6 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
         fn()
         times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times), min(times)
-
-
-def walk(num_frames: int, height: int, width: int, seed: int = 0):
-    """Camera on an ellipse in a 5 x 4 x 2.5 m room, turning 1.5 times (bench_sampling's walk).
-    Returns depth [N, H, W] m, K [3, 3], world_from_camera [N, 4, 4], conf [N, H, W]."""
-    rng = np.random.default_rng(seed)
-    phase = np.linspace(0, 2 * np.pi, num_frames, endpoint=False)
-    origin = np.array([0.37, 0.21, 0.13])
-    positions = origin + np.stack([2.5 + 1.5 * np.cos(phase), 2.0 + 1.1 * np.sin(phase),
-                                   1.2 + 0.1 * np.sin(3 * phase)], axis=1)
-    yaws = 1.5 * phase + 0.4 * np.sin(5 * phase)
-    depth, k, poses, _ = room_scan(num_frames, height, width, yaws_rad=yaws, positions=positions)
-    depth = depth * (1 + 0.01 * rng.standard_normal(depth.shape)).astype(np.float32)
-    conf = (3.0 / (1.0 + depth) + 0.3 * rng.standard_normal(depth.shape)).astype(np.float32)
-    return depth.astype(np.float32), k, poses, conf
 
 
 def rgb_frames(depth: np.ndarray) -> np.ndarray:
@@ -119,7 +104,7 @@ def tiny_section(args) -> dict:
     from ros2_spatial_mllm.inference import SpatialMLLM
 
     mllm = SpatialMLLM.load()
-    depth, _, _, _ = walk(args.frames, *args.camera_hw, seed=0)
+    depth, _, _, _ = ellipse_walk(args.frames, *args.camera_hw, seed=0)
     frames_u8 = rgb_frames(depth)  # [N, H, W, 3]
     del depth
 
@@ -232,7 +217,7 @@ def official_section(args) -> dict:
                     for name in ("aggregator", "aggregator_camera_depth_heads")}
               for gpu, peak in GPU_PEAK_BF16_TFLOPS.items()}
 
-    depth, k, poses, conf = walk(args.frames, height, width, seed=0)
+    depth, k, poses, conf = ellipse_walk(args.frames, height, width, seed=0)
     extrinsics = invert_extrinsics(poses)[:, :3]
     points = depth_to_world_points(depth, extrinsics, np.repeat(k[None], args.frames, 0))  # [N,H,W,3]
     del depth

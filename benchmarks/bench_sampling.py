@@ -48,7 +48,7 @@ from ros2_spatial_mllm.sampling import (
     space_aware_sample,
     uniform_sample,
 )
-from ros2_spatial_mllm.sampling.synthetic import room_scan
+from ros2_spatial_mllm.sampling.synthetic import ellipse_walk
 
 TARGET_PICK_MS = 20.0
 
@@ -65,20 +65,6 @@ def _median_ms(fn, repeats: int, name: str = "") -> float:
     if name:
         _MINIMA[name] = min(times)
     return statistics.median(times)
-
-
-def _walk(num_frames: int, height: int, width: int, seed: int):
-    """Camera on an ellipse (1.5 x 1.1 m radii) turning 1.5 times; noisy depth, synthetic conf."""
-    rng = np.random.default_rng(seed)
-    phase = np.linspace(0, 2 * np.pi, num_frames, endpoint=False)
-    origin = np.array([0.37, 0.21, 0.13])
-    positions = origin + np.stack([2.5 + 1.5 * np.cos(phase), 2.0 + 1.1 * np.sin(phase),
-                                   1.2 + 0.1 * np.sin(3 * phase)], axis=1)
-    yaws = 1.5 * phase + 0.4 * np.sin(5 * phase)
-    depth, k, poses, _ = room_scan(num_frames, height, width, yaws_rad=yaws, positions=positions)
-    depth = depth * (1 + 0.01 * rng.standard_normal(depth.shape)).astype(np.float32)
-    conf = (3.0 / (1.0 + depth) + 0.3 * rng.standard_normal(depth.shape)).astype(np.float32)
-    return depth, conf, k, poses
 
 
 def _reference_sets(points, conf, percentile=50.0):
@@ -100,7 +86,7 @@ def _coverage(sets, picks) -> float:
 def _robot_case(args) -> dict:
     """Robot depth frames at a fixed query voxel (~1,400 voxels per frame): cached pick timings."""
     height, width = args.robot_hw
-    depth, _, k_sensor, poses = _walk(args.frames, height, width, seed=2)
+    depth, k_sensor, poses, _ = ellipse_walk(args.frames, height, width, seed=2)
     depth_mm = np.round(depth * 1000).astype(np.uint16)
     voxels = [frame_voxels_from_depth(d, k_sensor, world_from_camera=p, depth_scale=0.001,
                                       base_voxel=args.robot_base_voxel) for d, p in zip(depth_mm, poses)]
@@ -148,7 +134,7 @@ def main() -> None:
         args.sensor_height, args.sensor_width, args.repeats, args.reference_repeats = 48, 64, 5, 1
         args.robot_hw = [48, 64]
 
-    depth, conf, k_model, poses = _walk(args.frames, args.height, args.width, seed=0)
+    depth, k_model, poses, conf = ellipse_walk(args.frames, args.height, args.width, seed=0)
     extrinsics = invert_extrinsics(poses)[:, :3]
     points = depth_to_world_points(depth, extrinsics, np.repeat(k_model[None], args.frames, 0))  # [N,H,W,3]
 
@@ -163,7 +149,7 @@ def main() -> None:
         model_times.append((time.perf_counter() - start) * 1000.0)
 
     # --- per-frame voxelisation (robot depth camera, metric base voxel 2 cm)
-    s_depth, _, k_sensor, s_poses = _walk(min(args.frames, 16), args.sensor_height, args.sensor_width, seed=1)
+    s_depth, k_sensor, s_poses, _ = ellipse_walk(min(args.frames, 16), args.sensor_height, args.sensor_width, seed=1)
     depth_mm = np.round(s_depth * 1000).astype(np.uint16)
     sensor_times = [
         _median_ms(lambda i=i: frame_voxels_from_depth(depth_mm[i], k_sensor, world_from_camera=s_poses[i],

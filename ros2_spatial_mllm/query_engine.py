@@ -218,7 +218,8 @@ class QueryEngine:
         except Exception as exc:
             with self._state_lock:
                 self._state, self._state_error = ModelState.ERROR, f"{type(exc).__name__}: {exc}"
-            log.error("model load failed: %s", self._state_error)
+            # the caller (node activate) reports state_error in its own log line: debug here, not twice
+            log.debug("model load failed: %s", self._state_error)
             return False
         self.attach_model(model)
         return True

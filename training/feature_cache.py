@@ -25,6 +25,7 @@ import torch
 
 from ros2_spatial_mllm.model.connector import pack_spatial_tokens, pad_frames_to_multiple
 from training.model_io import ExampleEncoder, choose_frames, frame_paths, read_frames
+from training.sft import pad_token_rows
 
 IGNORE_INDEX = -100
 VIDEO_PAD = "<|video_pad|>"
@@ -95,19 +96,7 @@ class VisualFeatureCache:
         vis = [self.visual(k) for k in keys]
         merge = self.model.connector.spatial_merge_size ** 2
         toks = [self.record_tokens(r, int(v["grid"].prod()) // merge, with_answer) for r, v in zip(recs, vis)]
-        longest = max(len(t["input_ids"]) for t in toks)
-        bsz = len(recs)
-        ids = torch.full((bsz, longest), self.encoder.pad_id, dtype=torch.long)
-        labels = torch.full((bsz, longest), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((bsz, longest), dtype=torch.long)
-        mm = torch.zeros((bsz, longest), dtype=torch.int32)
-        for i, t in enumerate(toks):
-            n = len(t["input_ids"])
-            ids[i, :n] = torch.as_tensor(t["input_ids"])
-            labels[i, :n] = torch.as_tensor(t["labels"])
-            mm[i, :n] = torch.as_tensor(t["mm_token_type_ids"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": mm,
+        return {**pad_token_rows(toks, self.encoder.pad_id),
                 "video_grid_thw": torch.cat([v["grid"] for v in vis]),
                 "second_per_grid_ts": torch.cat([v["second_per_grid_ts"] for v in vis]),
                 "video": torch.cat([v["video"] for v in vis]), "spatial": torch.cat([v["spatial"] for v in vis])}

@@ -43,6 +43,23 @@ def answer_only_labels(prompt_ids: list[int], answer_ids: list[int]) -> tuple[li
     return list(prompt_ids) + list(answer_ids), [IGNORE_INDEX] * len(prompt_ids) + list(answer_ids)
 
 
+def pad_token_rows(rows: list[dict], pad_id: int) -> dict:
+    """Right-pad token rows (input_ids / labels / mm_token_type_ids, each [L_i]) into
+    input_ids / attention_mask / labels (-100 on padding) / mm_token_type_ids [B, Lmax]."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    mm_types = torch.zeros((len(rows), longest), dtype=torch.int32)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"])
+        labels[i, :n] = torch.as_tensor(r["labels"])
+        mm_types[i, :n] = torch.as_tensor(r["mm_token_type_ids"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": mm_types}
+
+
 def collate(examples: list[dict], pad_id: int) -> dict:
     """Right-pad a list of encoded examples into one batch.
 
@@ -52,18 +69,7 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     returns: input_ids / attention_mask / labels (-100 on padding) / mm_token_type_ids [B, Lmax],
     second_per_grid_ts [B],
     pixel_values_videos [sum N_i, D], video_grid_thw [B, 3], spatial_pixel_values [B, S, 3, H, W]."""
-    longest = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), longest), dtype=torch.long)
-    mm_types = torch.zeros((len(examples), longest), dtype=torch.int32)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.as_tensor(e["input_ids"])
-        labels[i, :n] = torch.as_tensor(e["labels"])
-        mm_types[i, :n] = torch.as_tensor(e["mm_token_type_ids"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": mm_types,
+    return {**pad_token_rows(examples, pad_id),
             "second_per_grid_ts": torch.cat([e["second_per_grid_ts"] for e in examples]),
             "pixel_values_videos": torch.cat([e["pixel_values_videos"] for e in examples]),
             "video_grid_thw": torch.cat([e["video_grid_thw"] for e in examples]),

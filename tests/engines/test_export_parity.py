@@ -57,16 +57,21 @@ def test_spatial_encoder_parity(exported, size):
     assert_parity(out, ref)
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_spatial_geometry_parity(exported, size):
-    model, _, _, sessions = exported
-    x = torch.rand(1, size[0], 3, size[1], size[2])
+def assert_geometry_parity(model, sessions, x: torch.Tensor) -> None:
+    """spatial_geometry ONNX outputs (pose_enc, depth, depth_conf) vs the PyTorch VGGT heads on x [1, S, 3, H, W]."""
     with torch.no_grad():
         ref = model.spatial_encoder.vggt_model(x)
     pose, depth, conf = sessions["spatial_geometry"].run(None, {"images": x.numpy()})
     assert_parity(pose, ref["pose_enc"])
     assert_parity(depth, ref["depth"])
     assert_parity(conf, ref["depth_conf"])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_spatial_geometry_parity(exported, size):
+    model, _, _, sessions = exported
+    x = torch.rand(1, size[0], 3, size[1], size[2])
+    assert_geometry_parity(model, sessions, x)
 
 
 @pytest.mark.parametrize("frames", [1, 3])
@@ -76,12 +81,7 @@ def test_spatial_geometry_takes_single_and_odd_frame_chunks(exported, frames):
     from engines.profiles import select_profile
     model, _, manifest, sessions = exported
     x = torch.rand(1, frames, 3, 84, 112)
-    with torch.no_grad():
-        ref = model.spatial_encoder.vggt_model(x)
-    pose, depth, conf = sessions["spatial_geometry"].run(None, {"images": x.numpy()})
-    assert_parity(pose, ref["pose_enc"])
-    assert_parity(depth, ref["depth"])
-    assert_parity(conf, ref["depth_conf"])
+    assert_geometry_parity(model, sessions, x)
     profiles = component_profiles("spatial_geometry", ExportRanges(), model.connector.merged_dim)
     big = {"images": (1, frames, 3, 84, 112)}  # the tiny resize of a 640 x 480 camera
     assert select_profile(profiles, big) == 0
