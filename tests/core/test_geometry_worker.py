@@ -146,14 +146,14 @@ def test_model_path_waits_for_model_and_uses_the_real_tiny_model(rendered):
 def test_sensor_data_arriving_after_the_image_is_picked_up_by_lookup(rendered):
     buf = FrameBuffer(max_frames=10)
     late = {}                                           # stamp -> (depth, K, pose), filled later
-    worker = GeometryWorker(buf, use_model=False, sensor_wait_s=0.5,
+    worker = GeometryWorker(buf, use_model=False, sensor_wait_s=3.0,   # >> the 0.1 s gap, even when loaded
                             sensor_lookup=lambda f: late.get(f.stamp_ns))
     for i, (pose, rgb, depth) in enumerate(rendered[:4]):
         buf.add(Frame(i * S, "cam", rgb))              # image first, no depth/pose yet
     time.sleep(0.1)
     for i, (pose, _, depth) in enumerate(rendered[:3]):
         late[i * S] = (depth, K, pose)                  # frame 3's depth never arrives
-    assert worker.wait_idle(10)
+    assert worker.wait_idle(30)
     worker.stop()
     stats = worker.stats()
     assert stats["sensor"] == 3 and stats["skipped_no_source"] == 1

@@ -149,6 +149,7 @@ def test_busy_when_queue_is_full(engine):
         deadline = time.monotonic() + 5
         while engine.queue_depth() != (0, True) and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert engine.queue_depth() == (0, True)
         waiting = [engine.submit(req) for _ in range(2)]
         rejected = engine.submit(req)
         assert rejected.done() and rejected.result().code == ErrorCode.BUSY
@@ -164,7 +165,7 @@ def test_timeout_returns_by_the_deadline(engine):
         out = engine.ask(QueryRequest("How many boxes?", timeout_s=0.3))
         elapsed = time.monotonic() - start
     assert out.code == ErrorCode.TIMEOUT and "0.3 s" in out.message
-    assert 0.25 <= elapsed < 1.5
+    assert 0.25 <= elapsed < 5.0               # by the deadline, not when the lock frees (never)
     later = engine.ask(QueryRequest("How many boxes?", max_new_tokens=1))   # engine still serves
     assert later.code == ErrorCode.OK
 
@@ -210,8 +211,8 @@ def test_timeout_stops_a_long_generation_mid_decode(engine):
     out = engine.ask(QueryRequest("Describe the room.", max_new_tokens=512, timeout_s=0.5, sampling="uniform"),
                      on_token=slow_consumer)
     assert out.code == ErrorCode.TIMEOUT, out
-    assert time.monotonic() - start < 1.5
-    deadline = time.monotonic() + 2.0             # the runner stops at the next token, not at 512
+    assert time.monotonic() - start < 5.0         # 512 slow tokens would take > 100 s
+    deadline = time.monotonic() + 10.0             # the runner stops at the next token, not at 512
     while engine.queue_depth() != (0, False) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.queue_depth() == (0, False)

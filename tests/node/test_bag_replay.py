@@ -35,6 +35,7 @@ def test_bag_replay_end_to_end(client_node, node_factory, tmp_path):
         "autostart": True, "image_topic": topics["image"], "depth_topic": topics["depth"],
         "camera_info_topic": topics["camera_info"], "odom_topic": topics["odom"],
         "odom_child_is_optical": True, "geometry_source": "sensor", "sync_tolerance_s": 0.01,
+        "sync_late_pairing_s": 30.0,  # odom/camera_info may arrive seconds late on a loaded machine
         "qos_reliability": "reliable", "qos_depth": 50, "num_frames": 4, "max_new_tokens": 8,
         "diagnostics_period_s": 0.2})
     assert wait_until(lambda: lifecycle_state(client_node, proc.fqn) == "active", 60.0), proc.log()
@@ -53,7 +54,9 @@ def test_bag_replay_end_to_end(client_node, node_factory, tmp_path):
                           client_node), (diag.latest["input"], replay.stdout)
         # sensor geometry (depth + camera_info + odometry from the bag) computed by the worker
         assert wait_until(lambda: diag.value("input", "geometry_sensor") == diag.value("input", "frames"),
-                          10.0, client_node), {k: v for k, v in diag.latest["input"].items() if "geom" in k}
+                          40.0, client_node), {k: v for k, v in diag.latest["input"].items() if "geom" in k}
+        # the recorder's subscription (volatile) must be matched before the answers go out
+        assert wait_until(lambda: client_node.count_subscribers(f"{proc.fqn}/answers") >= 1, 30.0, client_node)
         question = facts["questions"][2]
         ask = subprocess.run(
             [sys.executable, "-m", "ros2_spatial_mllm.ros.ask_client", question["question"],

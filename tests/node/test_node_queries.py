@@ -129,10 +129,12 @@ def _send_goal(client_node, fqn, feedback: list, **fields):
     import rclpy
     from rclpy.action import ActionClient
     from ros2_spatial_mllm.action import AskSpatial
-    client = ActionClient(client_node, AskSpatial, f"{fqn}/ask")
-    assert client.wait_for_server(timeout_sec=10.0)
+    from rclpy.qos import QoSProfile
+    # feedback is counted exactly: a deep queue so a slow test process loses none of it
+    client = ActionClient(client_node, AskSpatial, f"{fqn}/ask", feedback_sub_qos_profile=QoSProfile(depth=100))
+    assert client.wait_for_server(timeout_sec=30.0)
     future = client.send_goal_async(AskSpatial.Goal(**fields), feedback_callback=lambda m: feedback.append(m.feedback))
-    rclpy.spin_until_future_complete(client_node, future, timeout_sec=10.0)
+    rclpy.spin_until_future_complete(client_node, future, timeout_sec=30.0)
     handle = future.result()
     assert handle is not None and handle.accepted
     return client, handle
@@ -155,7 +157,7 @@ def test_action_streams_feedback_and_returns_result(client_node, live_node):
     res = _result(client_node, handle)
     assert res.status == GoalStatus.STATUS_SUCCEEDED
     assert res.result.success and _ns(res.result.frame_stamps) == STAMPS[-2:]
-    wait_until(lambda: sum(bool(f.new_text) for f in feedback) >= res.result.num_tokens, 3.0, client_node)
+    assert wait_until(lambda: sum(bool(f.new_text) for f in feedback) >= res.result.num_tokens, 10.0, client_node)
     tokens = [f for f in feedback if f.new_text]
     assert len(tokens) == res.result.num_tokens >= 1, [(f.stage, f.new_text) for f in feedback]
     assert [f.num_tokens for f in tokens] == list(range(1, len(tokens) + 1))

@@ -69,7 +69,8 @@ def test_node_takes_camera_poses_from_tf(client_node, node_factory):
         "autostart": True, "image_topic": "cam/image", "depth_topic": "cam/depth",
         "camera_info_topic": "cam/info", "tf_world_frame": "odom", "geometry_source": "sensor",
         "qos_reliability": "reliable", "qos_depth": 50, "num_frames": 4, "max_new_tokens": 4,
-        "diagnostics_period_s": 0.2})
+        "diagnostics_period_s": 0.2,
+        "sync_max_wait_s": 10.0})  # TF may reach a loaded node after the images; every frame must pair
     assert wait_until(lambda: lifecycle_state(client_node, proc.fqn) == "active", 60.0), proc.log()
     assert "poses from TF odom <- <image frame_id>" in proc.log()
     diag = DiagnosticsWatcher(client_node, proc.fqn)
@@ -97,7 +98,7 @@ def test_node_takes_camera_poses_from_tf(client_node, node_factory):
             pubs["image"].publish(image_msg(i, stamp, frame_id=CAMERA))
             time.sleep(0.02)
         assert wait_until(lambda: diag.value("input", "frames") == str(N_FRAMES), 15.0, client_node), diag.latest
-        assert wait_until(lambda: diag.value("input", "geometry_sensor") == str(N_FRAMES), 15.0, client_node), \
+        assert wait_until(lambda: diag.value("input", "geometry_sensor") == str(N_FRAMES), 40.0, client_node), \
             {k: v for k, v in diag.latest["input"].items() if "geom" in k or "intake" in k}
         assert diag.value("input", "intake_unpaired_pose") is None  # every frame had its TF pose
         reply = ask(client_node, proc.fqn, "How many boxes are there?", sampling="space_aware", num_frames=4)

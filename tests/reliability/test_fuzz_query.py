@@ -48,7 +48,10 @@ requests = st.builds(
     sampling=st.one_of(st.sampled_from(["", "uniform", "latest", "space_aware", "space-aware", " UNIFORM ", "bogus"]),
                        st.text(max_size=12)),
     max_new_tokens=st.one_of(st.integers(-2, 6), st.sampled_from([513, 2**40])),
-    timeout_s=st.one_of(st.just(0.0), st.floats(allow_nan=True, allow_infinity=True), st.just(20.0)),
+    # a valid but tiny deadline (0 < t < 20 s) legitimately answers TIMEOUT, which the consistency
+    # test forbids: those are tested in test_query_engine; here, invalid values and roomy ones
+    timeout_s=st.one_of(st.just(0.0), st.floats(allow_nan=True, allow_infinity=True).filter(lambda t: not 0 < t < 20),
+                        st.just(20.0)),
 )
 
 

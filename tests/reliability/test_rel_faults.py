@@ -131,12 +131,21 @@ def test_deactivate_mid_query_cancels_and_recovers(ros_client, camera_node):
         if msg.feedback.stage == "decoding":
             decoding.set()
 
+    # the ChangeState client is matched before the goal: the 512-token decode lasts only a few
+    # seconds, and service discovery must not eat that window
+    from lifecycle_msgs.srv import ChangeState
+    change = ros_client.node.create_client(ChangeState, f"{proc.fqn}/change_state")
+    assert change.wait_for_service(timeout_sec=30.0)
     goal = AskAction.Goal(question="Describe the room in detail.", num_frames=16, sampling="uniform",
                           max_new_tokens=512)
     sent = action.send_goal_async(goal, feedback_callback=on_feedback)
     assert wait_for(sent.done, 30.0) and sent.result().accepted
     assert decoding.wait(60.0), stages
-    assert ros_client.transition(proc.fqn, "deactivate")
+    request = ChangeState.Request()
+    request.transition.label = "deactivate"
+    deactivated = change.call_async(request)
+    assert wait_for(deactivated.done, 120.0) and deactivated.result().success
+    ros_client.node.destroy_client(change)
     result_future = sent.result().get_result_async()
     assert wait_for(result_future.done, 30.0)
     result = result_future.result().result

@@ -40,4 +40,4 @@ def test_deterministic_and_fast_enough():
     K = intrinsics_for(640, 480)
     start = time.perf_counter()
     renderer.render(scene.world_from_camera[0], K, 640, 480)
-    assert time.perf_counter() - start < 2.0               # generous: shared CI machines
+    assert time.perf_counter() - start < 10.0              # "seconds per scene", on a loaded CI machine
