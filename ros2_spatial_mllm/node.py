@@ -43,7 +43,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ros2_spatial_mllm.action import AskSpatial as AskSpatialAction
 from ros2_spatial_mllm.buffer import FrameBuffer
 from ros2_spatial_mllm.msg import SpatialAnswer
-from ros2_spatial_mllm.query_engine import (EngineConfig, ErrorCode, QueryEngine, QueryResponse)
+from ros2_spatial_mllm.query_engine import ErrorCode, QueryEngine, QueryResponse
 from ros2_spatial_mllm.ros import convert
 from ros2_spatial_mllm.ros.answer_views import AnswerViews
 from ros2_spatial_mllm.ros.process import (CallbackErrors, enable_stack_dumps, limit_heap_growth,
@@ -126,7 +126,7 @@ class SpatialMllmNode(LifecycleNode):
             max_interval_s=config.keyframe_max_interval_s)
         # loader: SpatialMLLM.load + (onnxruntime/tensorrt) export checks and a probe against the
         # torch weights, so a corrupt or mismatched engine fails activate instead of being used
-        self.engine = QueryEngine(self.buffer, _engine_config(config), loader=load_with_verified_backend)
+        self.engine = QueryEngine(self.buffer, config.engine_config(), loader=load_with_verified_backend)
         self.intake = FrameIntake(self.buffer, self.get_logger(), config.sync_tolerance_s,
                                   config.odom_child_is_optical, expect_depth=bool(config.depth_topic),
                                   expect_pose=bool(config.odom_topic),
@@ -161,7 +161,7 @@ class SpatialMllmNode(LifecycleNode):
         config, started = self.config, time.monotonic()
         self._state_label = "activating"
         ok = self.engine.load(model=config.model_path or None, preset=config.model_preset,
-                              device=_resolve_device(config.device),
+                              device=config.resolved_device(),
                               dtype=None if config.dtype == "auto" else config.dtype,
                               backend=config.backend, backend_options=config.backend_options())
         if not ok:
@@ -171,7 +171,7 @@ class SpatialMllmNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         info = getattr(self.engine.model, "info", {}) or {}
         self._model_info = {k: v for k, v in dict(info).items() if isinstance(v, (str, int, float, bool))}
-        self._model_info["device"] = _resolve_device(config.device)
+        self._model_info["device"] = config.resolved_device()
         check = getattr(self.engine.model, "backend_check", None)
         if check:
             self._model_info.update(backend=check["backend"], onnx_dir=check["onnx_dir"],
@@ -381,25 +381,6 @@ class SpatialMllmNode(LifecycleNode):
 def _descriptor(name: str):
     from rcl_interfaces.msg import ParameterDescriptor
     return ParameterDescriptor(description=NodeConfig.describe(name))
-
-
-def _engine_config(config: NodeConfig) -> EngineConfig:
-    return EngineConfig(
-        num_frames=config.num_frames, max_num_frames=max(64, config.num_frames),
-        sampling=config.sampling, max_new_tokens=config.max_new_tokens,
-        max_new_tokens_limit=max(512, config.max_new_tokens), timeout_s=config.query_timeout_s,
-        max_timeout_s=max(600.0, config.query_timeout_s), max_waiting=config.query_queue_size,
-        max_question_chars=config.max_question_chars, max_request_bytes=config.max_request_bytes)
-
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    try:
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,6 +178,26 @@ class NodeConfig:
                 "engine_precision": self.engine_precision, "allow_engine_build": self.allow_engine_build,
                 "decode_mode": self.decode_mode}
 
+    def engine_config(self):
+        """The QueryEngine's settings (query_engine.EngineConfig); the hard limits stay above the defaults."""
+        from ros2_spatial_mllm.query_engine import EngineConfig  # no rclpy there either
+        return EngineConfig(
+            num_frames=self.num_frames, max_num_frames=max(64, self.num_frames),
+            sampling=self.sampling, max_new_tokens=self.max_new_tokens,
+            max_new_tokens_limit=max(512, self.max_new_tokens), timeout_s=self.query_timeout_s,
+            max_timeout_s=max(600.0, self.query_timeout_s), max_waiting=self.query_queue_size,
+            max_question_chars=self.max_question_chars, max_request_bytes=self.max_request_bytes)
+
+    def resolved_device(self) -> str:
+        """`device`, with "auto" -> "cuda" when torch sees a GPU, else "cpu"."""
+        if self.device != "auto":
+            return self.device
+        try:
+            import torch
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+
     @property
     def buffer_max_bytes(self) -> int:
         return int(self.buffer_max_mb * (1 << 20))
