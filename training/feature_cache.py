@@ -31,6 +31,22 @@ IGNORE_INDEX = -100
 VIDEO_PAD = "<|video_pad|>"
 
 
+def release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    Filling the cache interleaves its small long-lived tensors with the encoders' freed
+    temporaries, and glibc then keeps the gaps: measured ~1 MiB resident per 200 KiB entry, so a
+    24k-question cache outgrew 24 GiB. Trimming every few dozen entries keeps resident memory
+    near the cached bytes (1,500 entries: 1,457 MiB -> 495 MiB)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class VisualFeatureCache:
     """Frozen 2D + spatial encoder outputs per distinct frame set, plus per-record token ids."""
 
@@ -64,6 +80,8 @@ class VisualFeatureCache:
             self.features[key] = {"video": video.float().cpu(), "spatial": spatial.float().cpu(),
                                   "grid": inputs["video_grid_thw"].cpu(),
                                   "second_per_grid_ts": inputs["second_per_grid_ts"].float().cpu()}
+            if len(self.features) % 64 == 0:
+                release_free_heap()
         return self.features[key]
 
     # -- text -----------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ teaches connector + LLM to read the visual tokens before the VSI-Bench tasks nee
     python -m training.grounding_questions --data runs/exp_signal/data --per-scene 12
     # writes <data>/grounding_<split>.jsonl for train and val (test is never touched)
 
-From the data engine's instance masks and meta.json, for the K frames SFT samples uniformly:
+From the data engine's instance masks and meta.json, each question on its own K frames (a random
+span of the clip, evenly spaced; `draw_frames`):
   - grounding_presence: "Is there a {category} in this video?"  A. yes / B. no (balanced: as
-    many absent categories, drawn from the catalogue, as visible ones);
+    many absent categories, drawn from the catalogue or the scene's objects these frames miss,
+    as visible ones);
   - grounding_visible_count: "How many {category} instances are visible in this video?" (the
     instances of that category covering >= min_pixels pixels in some sampled frame);
   - grounding_caption: "List the kinds of objects visible in this video, in order of first
@@ -42,43 +44,64 @@ def visible_instances(scene: Path, frame_ids: list[int], min_pixels: int = 20,
     return best
 
 
+def draw_frames(n: int, k: int, rng: random.Random) -> list[int]:
+    """K of n frame numbers for one question: evenly spaced over a random span of the clip
+    (between half and all of it) at a random offset, sorted. Questions of one scene then see
+    different frames, so the grounding stage has many distinct visual inputs per scene instead
+    of one (with one, connector + LLM can learn the scene rather than how to read it)."""
+    k = min(k, n)
+    span = rng.uniform(0.5, 1.0) * (n - 1)
+    start = rng.uniform(0.0, (n - 1) - span)
+    picks = sorted({int(round(start + span * j / max(k - 1, 1))) for j in range(k)})
+    spare = [f for f in range(n) if f not in picks]
+    return sorted(picks + rng.sample(spare, k - len(picks)))
+
+
 def scene_questions(scene: Path, split: str, k: int, per_scene: int, rng: random.Random,
                     min_pixels: int = 20) -> list[dict]:
-    """Grounding rows for one data-engine scene (frames/, instance/, meta.json)."""
+    """About `per_scene` grounding rows for one data-engine scene (frames/, instance/, meta.json),
+    each on its own K frames (`draw_frames`): presence questions (present / absent 1:1), visible
+    counts, and one caption per eight questions."""
     from training.data.categories import SYNTHETIC_CATEGORIES
-    from ros2_spatial_mllm.sampling import uniform_sample
 
     meta = next(iter(json.loads((scene / "meta.json").read_text()).values()))
     cat_of = {int(b["instance_id"]): cat for cat, boxes in meta["object_bbox"].items() for b in boxes}
     n = len(list((scene / "frames").glob("*.jpg")))
-    frame_ids = [int(i) for i in uniform_sample(n, min(k, n))]
-    first_seen: dict[int, int] = {}
-    visible = visible_instances(scene, frame_ids, min_pixels, first_seen)
-    counts: dict[str, int] = {}
-    for iid in visible:
-        if iid in cat_of:
-            counts[cat_of[iid]] = counts.get(cat_of[iid], 0) + 1
     absent = [c.name for c in SYNTHETIC_CATEGORIES if c.name not in meta["object_counts"]]
-    present = sorted(counts)
-    base = {"scene_id": scene.name, "split": split, "frame_indices": frame_ids, "num_frames": n,
+    base = {"scene_id": scene.name, "split": split, "num_frames": n,
             "frames_path": str(Path("scenes") / split / scene.name / "frames"), "family": "grounding"}
     rows = []
-    half = per_scene // 2
-    for cat in rng.sample(present, min(len(present), half // 2 + 1)):
-        rows.append({**base, "question": f"Is there a {cat} in this video?", "options": ["A. yes", "B. no"],
-                     "answer": "A", "ground_truth": "yes", "task_type": "grounding_presence", "answer_type": "choice"})
-        rows.append({**base, "question": f"How many {cat} instances are visible in this video?", "options": [],
-                     "answer": str(counts[cat]), "ground_truth": str(counts[cat]),
-                     "task_type": "grounding_visible_count", "answer_type": "number"})
-    for cat in rng.sample(absent, min(len(absent), len(rows) // 2)):
-        rows.append({**base, "question": f"Is there a {cat} in this video?", "options": ["A. yes", "B. no"],
-                     "answer": "B", "ground_truth": "no", "task_type": "grounding_presence", "answer_type": "choice"})
-    if present:  # caption-like: every answer token depends on the frames (alignment, as LLaVA's stage 1)
-        first = {c: min(first_seen[i] for i in visible if cat_of.get(i) == c) for c in present}
-        order = sorted(present, key=lambda c: (first[c], c))
-        rows.append({**base, "question": "List the kinds of objects visible in this video, in order of first appearance.",
-                     "options": [], "answer_text": ", ".join(order), "answer": ", ".join(order),
-                     "ground_truth": ", ".join(order), "task_type": "grounding_caption", "answer_type": "text"})
+    for j in range(per_scene):
+        frame_ids = draw_frames(n, k, rng)
+        first_seen: dict[int, int] = {}
+        visible = visible_instances(scene, frame_ids, min_pixels, first_seen)
+        counts: dict[str, int] = {}
+        for iid in visible:
+            if iid in cat_of:
+                counts[cat_of[iid]] = counts.get(cat_of[iid], 0) + 1
+        present = sorted(counts)
+        q = {**base, "frame_indices": frame_ids}
+        kind = "caption" if j % 8 == 7 else ("presence" if j % 2 == 0 else "count")
+        if kind == "caption" and present:  # every answer token depends on the frames (as LLaVA's stage 1)
+            first = {c: min(first_seen[i] for i in visible if cat_of.get(i) == c) for c in present}
+            order = ", ".join(sorted(present, key=lambda c: (first[c], c)))
+            rows.append({**q, "question": "List the kinds of objects visible in this video, in order of first appearance.",
+                         "options": [], "answer_text": order, "answer": order, "ground_truth": order,
+                         "task_type": "grounding_caption", "answer_type": "text"})
+        elif kind == "count" and present:
+            cat = rng.choice(present)
+            rows.append({**q, "question": f"How many {cat} instances are visible in this video?", "options": [],
+                         "answer": str(counts[cat]), "ground_truth": str(counts[cat]),
+                         "task_type": "grounding_visible_count", "answer_type": "number"})
+        else:
+            # present or absent with equal odds; "absent" includes the scene's own objects that
+            # these frames miss, so the answer depends on the frames and not only on the scene
+            unseen = absent + [c for c in meta["object_counts"] if c not in counts]
+            yes = bool(present) and (not unseen or rng.random() < 0.5)
+            cat = rng.choice(present if yes else unseen)
+            rows.append({**q, "question": f"Is there a {cat} in this video?", "options": ["A. yes", "B. no"],
+                         "answer": "A" if yes else "B", "ground_truth": "yes" if yes else "no",
+                         "task_type": "grounding_presence", "answer_type": "choice"})
     for j, r in enumerate(rows):
         r["id"] = f"{scene.name}_g{j:03d}"
     return rows

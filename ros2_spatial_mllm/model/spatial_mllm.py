@@ -54,6 +54,10 @@ class SpatialMLLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             temporal_patch_size=vision.temporal_patch_size,
             spatial_merge_size=vision.spatial_merge_size,
         )
+        # the connector keeps torch's fan-in initialisation (std ~ 1/sqrt(3 * fan_in)): the
+        # LLM's initializer_range would make a 1024-wide Linear of the tiny preset amplify 4x
+        for tensor in self.connector.parameters():
+            tensor._is_hf_initialized = True
         self.post_init()
 
     # ---- the three stages of the video path (inference.py times them separately) -------------

@@ -200,21 +200,49 @@ def make_path(room: Room, rng: np.random.Generator) -> np.ndarray:
     return np.roll(path, int(rng.integers(0, len(path))), axis=0)
 
 
-def _random_color(rng: np.random.Generator) -> np.ndarray:
-    hue = rng.random()
-    sat, val = rng.uniform(0.25, 0.85), rng.uniform(0.35, 0.95)
-    k = (np.array([5.0, 3.0, 1.0]) + hue * 6.0) % 6.0
+def _hsv_color(hue: float, sat: float, val: float) -> np.ndarray:
+    k = (np.array([5.0, 3.0, 1.0]) + (hue % 1.0) * 6.0) % 6.0
     return val - val * sat * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
+def _random_color(rng: np.random.Generator) -> np.ndarray:
+    hue = rng.random()
+    sat, val = rng.uniform(0.25, 0.85), rng.uniform(0.35, 0.95)
+    return _hsv_color(hue, sat, val)
+
+
+TEXTURES = ("plain", "stripes", "checker", "noise")
+PALETTES = ("category", "random")
+
+
+def category_look(spec: CategorySpec, rng: np.random.Generator) -> Tuple[np.ndarray, str]:
+    """(colour [3], texture) from the category's colour family.
+
+    Our furniture is boxes and cylinders, so shape alone does not tell a cabinet from a
+    nightstand; real categories have typical looks (plants green, fridges white), and a small
+    model sees 28x28-pixel tokens. Each category therefore owns a hue (the catalogue order walked
+    with stride 7 over 19 evenly spaced hues, so neighbours in the list end up far apart on the
+    colour wheel) and a signature texture (cycling through TEXTURES); instances vary in shade,
+    saturation, a little hue, and wear the plain finish one time in five."""
+    k = SYNTHETIC_CATEGORIES.index(spec)
+    n = len(SYNTHETIC_CATEGORIES)
+    hue = (k * 7 % n) / n + rng.uniform(-0.012, 0.012)
+    color = _hsv_color(hue, rng.uniform(0.55, 0.9), rng.uniform(0.5, 0.95))
+    texture = TEXTURES[k % len(TEXTURES)] if rng.random() < 0.8 else "plain"
+    return color, texture
+
+
 def _try_place(spec: CategorySpec, rng, room: Room, placed: List[SceneObject], path: np.ndarray,
-               iid: int) -> Optional[SceneObject]:
+               iid: int, palette: str = "category") -> Optional[SceneObject]:
     size = np.array([rng.uniform(a, b) for a, b in zip(spec.size_min, spec.size_max)])
     shape = spec.shape
     if shape == "cylinder":
         size[1] = size[0] = min(size[0], size[1]) if rng.random() < 0.7 else size[0]
-    color = _random_color(rng)
-    texture = str(rng.choice(["plain", "stripes", "checker", "noise"], p=[0.4, 0.25, 0.15, 0.2]))
+    if palette == "random":
+        color = _random_color(rng)
+        texture = str(rng.choice(list(TEXTURES), p=[0.4, 0.25, 0.15, 0.2]))
+    else:
+        color, texture = category_look(spec, rng)
     for _ in range(40):
         if spec.placement in ("wall", "wall_mounted"):
             a, b = room.walls()[int(rng.integers(len(room.walls())))]
@@ -298,8 +326,15 @@ def make_trajectory(path: np.ndarray, room: Room, num_frames: int, rng: np.rando
 
 
 def make_scene(seed: int, num_frames: int = 128, name: Optional[str] = None,
-               min_objects: int = 10, max_objects: int = 20) -> ProceduralScene:
-    """Build a procedural scene deterministically from ``seed``."""
+               min_objects: int = 10, max_objects: int = 20, palette: str = "category") -> ProceduralScene:
+    """Build a procedural scene deterministically from ``seed``.
+
+    palette: "category" (objects take their category's colour family, see `category_look`;
+    walls and floor muted so the furniture stands out) or "random" (any colour for any object:
+    the generator before 2026-12, kept so earlier scenes and the renderer's pinned reference
+    figures reproduce)."""
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {PALETTES}, not {palette!r}")
     rng = np.random.default_rng(seed)
     room = make_room(rng)
     path = make_path(room, rng)
@@ -314,11 +349,16 @@ def make_scene(seed: int, num_frames: int = 128, name: Optional[str] = None,
     for spec in picks:
         if counts.get(spec.name, 0) >= spec.max_count:
             continue
-        obj = _try_place(spec, rng, room, objects, path, len(objects) + 1)
+        obj = _try_place(spec, rng, room, objects, path, len(objects) + 1, palette)
         if obj is not None:
             objects.append(obj)
             counts[spec.name] = counts.get(spec.name, 0) + 1
-    style = {"floor_color": _random_color(rng).tolist(), "wall_color": (0.55 + 0.4 * rng.random(3)).tolist(),
+    if palette == "random":
+        floor_color, wall_color = _random_color(rng), 0.55 + 0.4 * rng.random(3)
+    else:   # muted structure: low saturation, so no wall or floor takes a category's colour
+        floor_color = _hsv_color(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.35, 0.8))
+        wall_color = _hsv_color(rng.random(), rng.uniform(0.0, 0.12), rng.uniform(0.7, 0.95))
+    style = {"floor_color": floor_color.tolist(), "wall_color": wall_color.tolist(),
              "ceiling_color": [0.92, 0.92, 0.9], "floor_texture": str(rng.choice(["checker", "planks", "plain"])),
              "light_dir": [float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.5, 0.5)), 1.0]}
     poses = make_trajectory(path, room, num_frames, rng)
