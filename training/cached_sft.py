@@ -56,11 +56,30 @@ def precompute(cache: VisualFeatureCache, recs: list[dict], desc: str, show: boo
         cache.visual(k)
 
 
+def select_records(records: list[dict], scfg: dict) -> list[dict]:
+    """The stage's training rows: only_tasks / skip_tasks / skip_families filter them, and
+    repeat_families {family: n} lists each row of that family n times per epoch (the frame cache
+    is keyed by frames, so repeats cost no memory). Repeats keep the grounding questions a sizeable
+    share of the VSI mix, so reading the frames, learned in the align stage, keeps being rewarded."""
+    from training.model_io import task_family
+
+    only, skip = set(scfg.get("only_tasks", [])), set(scfg.get("skip_tasks", []))
+    skip_fam = set(scfg.get("skip_families", []))
+    repeat = {str(k): int(v) for k, v in scfg.get("repeat_families", {}).items()}
+    out = []
+    for r in records:
+        fam, task = r.get("family", "vsibench"), task_family(r)
+        if (only and task not in only) or task in skip or fam in skip_fam:
+            continue
+        out += [r] * repeat.get(fam, 1)
+    return out
+
+
 def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
     """Run the stage from a config dict (see training/configs/cached_sft_tiny.yaml); `section`
     names the config block (the pipeline's `align` stage is this stage with only_tasks set)."""
     from training.frame_signal import format_table, frame_signal, spread
-    from training.model_io import ExampleEncoder, build_model, load_qa_records, task_family
+    from training.model_io import ExampleEncoder, build_model, load_qa_records
 
     env = init_distributed(cfg.get("device", "cpu"))
     if env.world_size > 1:  # the loss calls model.model / lm_head directly, bypassing a DDP wrapper
@@ -82,23 +101,14 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
         print("cached_sft: trainable parameters per component:", counts)
     dcfg = cfg.get("data", {})
     records = load_qa_records(dcfg, split=dcfg.get("train_split", "train"))
-    skip = set(scfg.get("skip_tasks", []))
-    skip_fam = set(scfg.get("skip_families", []))
-
-    only = set(scfg.get("only_tasks", []))
-
-    def keep(r: dict) -> bool:
-        if only and task_family(r) not in only:
-            return False
-        return task_family(r) not in skip and r.get("family", "vsibench") not in skip_fam
-
-    records = [r for r in records if keep(r)]
+    records = select_records(records, scfg)
     if not records:
         raise RuntimeError("cached_sft: no training questions found (check data.* in the config)")
     encoder = ExampleEncoder(model, assets_dir, dcfg, seed=seed)
     cache = VisualFeatureCache(model, encoder)
     precompute(cache, records, "encode train frames", env.is_main)
-    val = spread([r for r in load_qa_records(dcfg, split="val") if keep(r)], int(scfg.get("eval_limit", 240)))
+    val = spread(select_records(load_qa_records(dcfg, split="val"), {**scfg, "repeat_families": {}}),
+                 int(scfg.get("eval_limit", 240)))
     if val:
         precompute(cache, val, "encode val frames", env.is_main)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
@@ -135,4 +145,4 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
     return {**result, "trainable": counts, "signal": signal_log[-1] if signal_log else None}
 
 
-__all__ = ["run_cached_sft", "batch_records", "epoch_order", "IGNORE_INDEX"]
+__all__ = ["run_cached_sft", "select_records", "batch_records", "epoch_order", "IGNORE_INDEX"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.cached_sft import batch_records, run_cached_sft
+from training.cached_sft import batch_records, run_cached_sft, select_records
 from training.feature_cache import VisualFeatureCache, cached_answer_loss, cached_forward
 from training.fixtures import tiny_assets_for_tests
 from training.frame_signal import frame_signal, shuffled_keys, spread
@@ -79,6 +79,18 @@ def test_batches_are_a_pure_function_of_the_step():
     assert a == batch_records(10, 4, seed=1, step=3)
     first_epoch = sum((batch_records(10, 5, seed=1, step=s) for s in range(2)), [])
     assert sorted(first_epoch) == list(range(10))  # an epoch visits every record once
+
+
+def test_select_records_filters_tasks_and_repeats_families():
+    rows = [{"id": "v1", "task_type": "object_counting"}, {"id": "v2", "task_type": "room_size_estimation"},
+            {"id": "g1", "task_type": "grounding_presence", "family": "grounding"},
+            {"id": "g2", "task_type": "grounding_caption", "family": "grounding"}]
+    ids = lambda cfg: [r["id"] for r in select_records(rows, cfg)]  # noqa: E731
+    assert ids({}) == ["v1", "v2", "g1", "g2"]
+    assert ids({"only_tasks": ["grounding_caption", "object_counting"]}) == ["v1", "g2"]
+    assert ids({"skip_tasks": ["object_counting"], "skip_families": ["grounding"]}) == ["v2"]
+    assert ids({"repeat_families": {"grounding": 3}, "skip_tasks": ["grounding_caption"]}) == ["v1", "v2", "g1", "g1", "g1"]
+    assert ids({"repeat_families": {"vsibench": 0}}) == ["g1", "g2"]  # 0 drops a family
 
 
 def test_cached_sft_trains_connector_and_llm_only(setup, tmp_path):

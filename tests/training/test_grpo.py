@@ -65,7 +65,8 @@ def test_run_grpo_end_to_end(setup):
     from ros2_spatial_mllm.model.checkpoint import save_checkpoint
     from training.sft import collate, setup_trainable, sft_forward
 
-    # overfit two questions first, so that sampled answers are sometimes right (rewards vary)
+    # fit two questions part-way first, so that sampled answers are sometimes right (rewards vary); at 30
+    # steps the tiny preset (1/sqrt(width) init) is always right and a group with equal rewards carries no signal
     data = {"root": setup["data"], "num_frames": 4, "max_train_records": 2}
     torch.manual_seed(0)
     model, assets = build_model({"init": "random", "assets_dir": setup["assets"]})
@@ -73,7 +74,7 @@ def test_run_grpo_end_to_end(setup):
     batch = collate([enc.encode_sft(r) for r in load_qa_records(data)], enc.pad_id)
     opt = torch.optim.AdamW(setup_trainable(model, {"lr": {"connector": 3e-3, "llm": 3e-3}})[0])
     model.train()
-    for _ in range(30):
+    for _ in range(10):
         sft_forward(model, batch, torch.device("cpu"))[0].backward()
         opt.step()
         opt.zero_grad()
