@@ -19,6 +19,7 @@ to signal.json / signal.md.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -34,9 +35,13 @@ from training.trainer_utils import cosine_with_warmup, init_distributed, set_see
 FROZEN_ENCODERS = {"vision": False, "vision_merger": False, "spatial_encoder": False, "connector": True, "llm": True}
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """Permutation of the n training records for one epoch, seeded by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """Permutation of the n training records for one epoch, seeded by (seed, epoch); cached, as
+    every batch row asks for it (read-only: callers index it)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def batch_records(n: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -49,11 +54,29 @@ def batch_records(n: int, batch_size: int, seed: int, step: int, rank: int = 0, 
     return out
 
 
-def precompute(cache: VisualFeatureCache, recs: list[dict], desc: str, show: bool = True) -> None:
-    """Encode every distinct frame set of `recs` once (the only encoder passes of the stage)."""
+def precompute(cache: VisualFeatureCache, recs: list[dict], desc: str, show: bool = True, store=None) -> dict:
+    """Encode every distinct frame set of `recs` once (the only encoder passes of the stage).
+    With a FeatureStore, stored entries are read instead and new ones written back.
+    Returns {'frame_sets', 'from_store', 'encoded'}."""
     keys = list(dict.fromkeys(cache.frame_key(r) for r in recs))
-    for k in tqdm(keys, desc=desc, disable=not show, dynamic_ncols=True):
+    loaded = store.load_into(cache.features, keys) if store is not None else 0
+    todo = [k for k in keys if k not in cache.features]
+    for k in tqdm(todo, desc=desc, disable=not show, dynamic_ncols=True):
         cache.visual(k)
+    if store is not None and todo:
+        store.save(cache.features, todo)
+    return {"frame_sets": len(keys), "from_store": loaded, "encoded": len(todo)}
+
+
+def open_store(cfg: dict, out_dir: Path, model, encoder):
+    """The stage's FeatureStore: `feature_store` (a directory; default `<output_dir>/../feature_store`,
+    so a pipeline's align and SFT stages share one), or None when it is false/null."""
+    from training.feature_store import FeatureStore, encoder_fingerprint
+
+    root = cfg.get("feature_store", str(out_dir.parent / "feature_store"))
+    if not root:
+        return None
+    return FeatureStore(root, encoder_fingerprint(model, encoder.video_cfg))
 
 
 def select_records(records: list[dict], scfg: dict) -> list[dict]:
@@ -106,11 +129,15 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
         raise RuntimeError("cached_sft: no training questions found (check data.* in the config)")
     encoder = ExampleEncoder(model, assets_dir, dcfg, seed=seed)
     cache = VisualFeatureCache(model, encoder)
-    precompute(cache, records, "encode train frames", env.is_main)
+    store = open_store(cfg, out_dir, model, encoder)
+    stats = precompute(cache, records, "encode train frames", env.is_main, store)
+    if env.is_main:
+        print(f"cached_sft: {stats['frame_sets']} frame sets, {stats['from_store']} read from "
+              f"{store.dir if store is not None else 'no store'}, {stats['encoded']} encoded")
     val = spread(select_records(load_qa_records(dcfg, split="val"), {**scfg, "repeat_families": {}}),
                  int(scfg.get("eval_limit", 240)))
     if val:
-        precompute(cache, val, "encode val frames", env.is_main)
+        precompute(cache, val, "encode val frames", env.is_main, store)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     max_steps = int(scfg.get("max_steps", 100))
     scheduler = cosine_with_warmup(optimizer, int(scfg.get("warmup_steps", max(1, max_steps * 3 // 100))), max_steps)

@@ -185,3 +185,33 @@ def test_default_pipeline_with_semantic_and_cached_sft(setup, tmp_path):
         assert (tmp_path / "pipe" / stage / "final" / "config.json").is_file()
     assert (tmp_path / "pipe" / "report.md").is_file()
     assert (Path(setup["data"]) / "grounding_train.jsonl").is_file()
+
+
+def test_feature_store_round_trips_and_keys_on_the_frozen_encoders(setup, tmp_path):
+    from training.cached_sft import precompute
+    from training.feature_store import FeatureStore, encoder_fingerprint
+
+    model, assets = _model(setup)
+    dcfg = {"root": setup["data"], "num_frames": 4}
+    enc = ExampleEncoder(model, assets, dcfg)
+    recs = load_qa_records(dcfg, split="train")[:10]
+    fp = encoder_fingerprint(model, enc.video_cfg)
+    first = VisualFeatureCache(model, enc)
+    stats = precompute(first, recs, "encode", False, FeatureStore(tmp_path, fp))
+    assert stats["from_store"] == 0 and stats["encoded"] == stats["frame_sets"] > 0
+    # a second stage (fresh cache, store reopened from disk) reads every entry back bit-equal
+    second = VisualFeatureCache(model, enc)
+    reopened = FeatureStore(tmp_path, fp)
+    assert len(reopened) == stats["frame_sets"]
+    again = precompute(second, recs, "encode", False, reopened)
+    assert again == {"frame_sets": stats["frame_sets"], "from_store": stats["frame_sets"], "encoded": 0}
+    for key, entry in first.features.items():
+        for field, t in entry.items():
+            assert torch.equal(second.features[key][field], t), field
+    # training the connector / LLM keeps the store; any change to a frozen encoder leaves it
+    with torch.no_grad():
+        model.connector.mlp[2].weight.add_(1.0)
+        assert encoder_fingerprint(model, enc.video_cfg) == fp
+        next(model.spatial_encoder.parameters()).view(-1)[0] += 1e-3
+        assert encoder_fingerprint(model, enc.video_cfg) != fp
+    assert len(FeatureStore(tmp_path, encoder_fingerprint(model, enc.video_cfg))) == 0
