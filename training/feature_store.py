@@ -26,22 +26,14 @@ FROZEN_COMPONENTS = ("vision", "vision_merger", "spatial_encoder")
 
 
 def encoder_fingerprint(model: torch.nn.Module, video_cfg: object = None) -> str:
-    """sha256 (hex) over the frozen encoders' tensors (name, dtype, shape, bytes), the model
+    """sha256 (hex) over the frozen encoders' tensors (trainer_utils.state_dict_hash), the model
     config and the video-processing config: equal fingerprints mean equal cached features."""
-    from training.trainer_utils import component_of
+    from training.trainer_utils import component_of, state_dict_hash
 
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(state):
-        if component_of(name) not in FROZEN_COMPONENTS:
-            continue
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h = hashlib.sha256(state_dict_hash(model, keep=lambda name: component_of(name) in FROZEN_COMPONENTS).encode())
     config = getattr(model, "config", None)
     h.update(json.dumps(_public(config.to_dict()) if config is not None else {}, sort_keys=True, default=str).encode())
-    h.update(repr(sorted(vars(video_cfg).items()) if video_cfg is not None and hasattr(video_cfg, "__dict__")
-                  else video_cfg).encode())
+    h.update(repr(video_cfg).encode())  # a dataclass: its repr lists every field
     return h.hexdigest()
 
 

@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -240,10 +240,13 @@ def autocast_context(device: torch.device, bf16: str | bool = "auto"):
     return torch.autocast(device.type, enabled=False)
 
 
-def state_dict_hash(model: torch.nn.Module) -> str:
-    """sha256 over every tensor (name, dtype, bytes) — equal iff weights are bit-identical."""
+def state_dict_hash(model: torch.nn.Module, keep: Callable[[str], bool] | None = None) -> str:
+    """sha256 over every tensor (name, dtype, bytes) — equal iff weights are bit-identical.
+    `keep(name)` restricts it to some tensors (e.g. one component's)."""
     h = hashlib.sha256()
     for name, tensor in sorted(unwrap(model).state_dict().items()):
+        if keep is not None and not keep(name):
+            continue
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous()
         h.update(str(t.dtype).encode())
