@@ -95,19 +95,24 @@ def ensure_data(cfg: dict) -> Path:
 
 
 def add_grounding(cfg: dict, data_root: Path) -> None:
-    """data.grounding (per_scene: N): write grounding questions (training/grounding_questions.py)
-    for train and val once, and train/validate on them next to the data engine's questions (the
-    test split and its evaluation are unchanged)."""
+    """data.grounding (per_scene: N, kinds: [cycle]): write grounding questions
+    (training/grounding_questions.py) for train and val, and train/validate on them next to the
+    data engine's questions (the test split and its evaluation are unchanged). The files are
+    rewritten only when their parameters (grounding.json next to them) differ."""
     g = cfg.get("data", {}).get("grounding")
     if not g:
         return
-    from training.grounding_questions import write_grounding
+    from training.grounding_questions import BASIC_CYCLE, write_grounding
 
+    params = {"k": int(cfg["data"].get("num_frames", 8)), "per_scene": int(g.get("per_scene", 12)),
+              "seed": int(cfg.get("seed", 0)), "kinds": list(g.get("kinds", BASIC_CYCLE))}
+    record = data_root / "grounding.json"
+    fresh = record.is_file() and json.loads(record.read_text()) == params
     for split in ("train", "val"):
-        if not (data_root / f"grounding_{split}.jsonl").is_file():
-            write_grounding(data_root, split, k=int(cfg["data"].get("num_frames", 8)),
-                            per_scene=int(g.get("per_scene", 12)), seed=int(cfg.get("seed", 0)))
+        if not fresh or not (data_root / f"grounding_{split}.jsonl").is_file():
+            write_grounding(data_root, split, **{**params, "kinds": tuple(params["kinds"])})
         cfg["data"][f"{split}_jsonl"] = [str(data_root / f"{split}.jsonl"), str(data_root / f"grounding_{split}.jsonl")]
+    record.write_text(json.dumps(params))
 
 
 def _safe_scene(job) -> dict:

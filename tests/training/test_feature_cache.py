@@ -1,5 +1,6 @@
 """Cached-feature SFT, the frame-signal probe and the 2D tower's semantic pre-training, on a
 few real data-engine scenes (112x84, 8 frames, instance masks) and the tiny preset."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -144,29 +145,56 @@ def test_semantic_stage_trains_the_2d_tower_only(setup, tmp_path):
 
 
 def test_grounding_questions_are_answered_by_the_sampled_frames(setup):
-    import json
-    from pathlib import Path
+    import re
 
-    from training.grounding_questions import visible_instances, write_grounding
+    from training.data import spatial_gt as gt
+    from training.data.meta_info import SceneMeta
+    from training.grounding_questions import RELATION_CYCLE, visible_instances, write_grounding
 
-    out = write_grounding(setup["data"], "train", k=4, per_scene=8)
+    with pytest.raises(ValueError, match="nearest_of_two"):
+        write_grounding(setup["data"], "train", kinds=("presence", "nearest_of_two"))
+    out = write_grounding(setup["data"], "train", k=4, per_scene=16, kinds=RELATION_CYCLE)
     rows = [json.loads(line) for line in open(out)]
-    assert rows and {r["task_type"] for r in rows} == {"grounding_presence", "grounding_visible_count", "grounding_caption"}
+    kinds = {r["task_type"] for r in rows}
+    assert {"grounding_presence", "grounding_visible_count", "grounding_caption", "grounding_first_of_two",
+            "grounding_closer_of_two"} <= kinds <= {"grounding_presence", "grounding_visible_count", "grounding_caption",
+                                                     "grounding_first_of_two", "grounding_closer_of_two",
+                                                     "grounding_appearance_order"}
     for r in rows:
+        assert len(r["frame_indices"]) == 4
+        scene = Path(setup["data"]) / "scenes" / "train" / r["scene_id"]
+        name, meta = next(iter(json.loads((scene / "meta.json").read_text()).items()))
+        first_seen: dict[int, int] = {}
+        seen = set(visible_instances(scene, r["frame_indices"], first_seen=first_seen))
+
+        def ids(cat):
+            return {int(b["instance_id"]) for b in meta["object_bbox"].get(cat, [])}
+
+        def first(cat):  # position of the category's first sampled frame
+            return min(first_seen[i] for i in ids(cat) & seen)
+
+        picked = dict(o.split(". ", 1) for o in r["options"]).get(r["answer"])
         if r["task_type"] == "grounding_caption":
             assert r["answer_text"] and r["answer_text"] == r["answer"]
-            continue
-        scene = Path(setup["data"]) / "scenes" / "train" / r["scene_id"]
-        meta = next(iter(json.loads((scene / "meta.json").read_text()).values()))
-        cat = r["question"].split(" a ", 1)[-1].split(" in this")[0] if r["options"] else \
-            r["question"][len("How many "):].split(" instances")[0]
-        ids = {int(b["instance_id"]) for b in meta["object_bbox"].get(cat, [])}
-        seen = ids & set(visible_instances(scene, r["frame_indices"]))
-        if r["task_type"] == "grounding_presence":
-            assert (r["answer"] == "A") == bool(seen)
-        else:
-            assert int(r["answer"]) == len(seen) > 0
-        assert len(r["frame_indices"]) == 4
+            listed = r["answer"].split(", ")
+            assert [first(c) for c in listed] == sorted(first(c) for c in listed)
+        elif r["task_type"] == "grounding_presence":
+            cat = r["question"].split(" a ", 1)[-1].split(" in this")[0]
+            assert (r["answer"] == "A") == bool(ids(cat) & seen)
+        elif r["task_type"] == "grounding_visible_count":
+            cat = r["question"][len("How many "):].split(" instances")[0]
+            assert int(r["answer"]) == len(ids(cat) & seen) > 0
+        elif r["task_type"] == "grounding_first_of_two":
+            a, b = re.match(r"Which appears first in this video, the (.+) or the (.+)\?", r["question"]).groups()
+            assert first(picked) < first(b if picked == a else a)
+        elif r["task_type"] == "grounding_closer_of_two":
+            x, a, b = re.search(r"closer to the (.+), the (.+) or the (.+)\?", r["question"]).groups()
+            boxes = SceneMeta.from_json(name, meta).objects
+            dist = {c: gt.category_distance(boxes[x], boxes[c]) for c in (a, b)}
+            assert dist[picked] + 0.15 <= dist[b if picked == a else a]
+            assert ids(x) & seen and ids(a) & seen and ids(b) & seen
+        else:  # appearance order of four categories on these frames
+            assert [first(c) for c in picked.split(", ")] == sorted(first(c) for c in picked.split(", "))
 
 
 def test_default_pipeline_with_semantic_and_cached_sft(setup, tmp_path):
@@ -184,7 +212,9 @@ def test_default_pipeline_with_semantic_and_cached_sft(setup, tmp_path):
     for stage in ("geometry", "semantic", "align", "cached_sft"):
         assert (tmp_path / "pipe" / stage / "final" / "config.json").is_file()
     assert (tmp_path / "pipe" / "report.md").is_file()
-    assert (Path(setup["data"]) / "grounding_train.jsonl").is_file()
+    rows = [json.loads(line) for line in open(Path(setup["data"]) / "grounding_train.jsonl")]
+    assert {r["task_type"] for r in rows} == {"grounding_presence", "grounding_visible_count", "grounding_caption"}
+    assert json.loads((Path(setup["data"]) / "grounding.json").read_text())["kinds"][-1] == "caption"
 
 
 def test_feature_store_round_trips_and_keys_on_the_frozen_encoders(setup, tmp_path):
