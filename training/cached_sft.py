@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from training.aux_heads import aux_losses
 from training.feature_cache import IGNORE_INDEX, VisualFeatureCache, cached_answer_loss
 from training.loop import LoopConfig, train_loop
 from training.sft import setup_trainable
@@ -138,16 +139,36 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
                  int(scfg.get("eval_limit", 240)))
     if val:
         precompute(cache, val, "encode val frames", env.is_main, store)
+    acfg = scfg.get("aux", {})
+    heads = targets = None
+    if acfg.get("enabled", False):  # auxiliary grounding targets (training/aux_heads.py)
+        from training.aux_heads import AuxHeads, AuxTargetCache
+
+        heads = AuxHeads(model.config.text_config.hidden_size, int(acfg.get("layer", 1)), int(acfg.get("time_layer", 0)),
+                         int(acfg.get("order_layer", 0)), int(acfg.get("option_layer", 0)))
+        if float(acfg.get("weights", {}).get("mention_attention", 0.0)) > 0:  # the mention layer's attention
+            from training.aux_heads import AttentionCapture
+
+            heads.attention = AttentionCapture(model, heads.layer - 1)
+        targets = AuxTargetCache(encoder.tokenizer, model.connector.temporal_patch_size)
+        groups = groups + [{"params": list(heads.parameters()), "lr": float(acfg.get("lr", 1e-3)),
+                            "weight_decay": 0.0, "name": "aux_heads"}]
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     max_steps = int(scfg.get("max_steps", 100))
     scheduler = cosine_with_warmup(optimizer, int(scfg.get("warmup_steps", max(1, max_steps * 3 // 100))), max_steps)
     bs = int(scfg.get("batch_size", 16))
+    weights = {"token_cat": 0.1, "token_xyz": 1.0, "token_time": 1.0, "mention_seen": 0.3, "mention_reg": 1.0, "room": 0.3,
+               "mention_attention": 0.0, "option": 1.0, "order": 1.0,
+               **{k: float(v) for k, v in acfg.get("weights", {}).items()}}
 
     def compute_loss(step: int, micro: int):
         idx = batch_records(len(records), bs, seed, step * int(scfg.get("grad_accum", 1)) + micro, env.rank,
                             env.world_size)
-        batch = cache.batch([records[i] for i in idx])
-        return cached_answer_loss(model, batch)
+        recs = [records[i] for i in idx]
+        batch = cache.batch(recs)
+        if heads is None:
+            return cached_answer_loss(model, batch)
+        return aux_step_loss(model, heads, targets, cache, recs, batch, weights)
 
     signal_log: list[dict] = []
 
@@ -168,8 +189,39 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
     loop_cfg.plot_keys = ("loss", "token_acc", "lr", "grad_norm")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = train_loop(loop_cfg, env, model, optimizer, scheduler, compute_loss, processor=assets_dir,
-                        on_step_end=on_step_end)
+                        on_step_end=on_step_end, training_modules={"aux_heads": heads} if heads is not None else None)
     return {**result, "trainable": counts, "signal": signal_log[-1] if signal_log else None}
 
 
-__all__ = ["run_cached_sft", "select_records", "batch_records", "epoch_order", "IGNORE_INDEX"]
+def aux_step_loss(model, heads, targets, cache, recs: list[dict], batch: dict, weights: dict):
+    """Answer loss + weighted auxiliary grounding terms (training/aux_heads.py) for one batch."""
+    import torch.nn.functional as F
+
+    from training.feature_cache import cached_answer_logits
+
+    keys = [cache.frame_key(r) for r in recs]
+    merge = model.connector.spatial_merge_size ** 2
+    toks = [cache.record_tokens(r, int(cache.visual(k)["grid"].prod()) // merge) for r, k in zip(recs, keys)]
+    aux = targets.batch(recs, keys, [t["prompt_text"] for t in toks], [t["prompt_len"] for t in toks],
+                        batch["video_grid_thw"])
+    states: dict = {}
+    if getattr(heads, "attention", None) is not None:
+        heads.attention.mask = batch["attention_mask"]
+    logits, tgt = cached_answer_logits(model, batch, states=states)
+    answer = F.cross_entropy(logits.float(), tgt)
+    video_mask = batch["input_ids"] == int(model.config.video_token_id)
+    terms = aux_losses(heads, states["fused"], states["hidden_states"], aux, video_mask)
+    if getattr(heads, "attention", None) is not None:
+        from training.aux_heads import mention_attention_loss
+
+        terms["mention_attention"] = mention_attention_loss(heads.attention.weights, aux, video_mask)
+    fields = terms.pop("fields", {})
+    total = answer + sum(weights[k] * v for k, v in terms.items())
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == tgt).float().mean() if len(tgt) else torch.tensor(0.0)
+    return total, {"answer_loss": float(answer.detach()), "token_acc": float(acc),
+                   **{f"aux_{k}": float(v.detach()) for k, v in terms.items()},
+                   **{f"mention_{k}": v for k, v in fields.items()}}
+
+
+__all__ = ["run_cached_sft", "aux_step_loss", "select_records", "batch_records", "epoch_order", "IGNORE_INDEX"]

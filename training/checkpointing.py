@@ -124,14 +124,25 @@ def _tied_names(model: torch.nn.Module) -> set[str]:
     return tied
 
 
+TRAINING_MODULES = "training_modules"
+
+
 def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    extra: dict | None = None, processor: Any = None, keep_last: int = 2) -> Path:
-    """Write checkpoint-<step>/ (model files + trainer state); keep the newest `keep_last`."""
+                    extra: dict | None = None, processor: Any = None, keep_last: int = 2,
+                    training_modules: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Write checkpoint-<step>/ (model files + trainer state); keep the newest `keep_last`.
+    `training_modules` (training-only heads and probes, never part of the model) go to
+    checkpoint-<step>/training_modules/<name>.safetensors, so a resumed run continues them too."""
     ckpt = Path(out_dir) / f"checkpoint-{step}"
     tmp = Path(out_dir) / f".checkpoint-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     save_model_files(model, tmp, processor)
+    if training_modules:
+        (tmp / TRAINING_MODULES).mkdir()
+        for name, module in training_modules.items():
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+                      str(tmp / TRAINING_MODULES / f"{name}.safetensors"))
     torch.save({"step": step, "optimizer": optimizer.state_dict() if optimizer else None,
                 "scheduler": scheduler.state_dict() if scheduler else None,
                 "rng": _plain_rng_state(rng_state()), "extra": extra or {}}, tmp / TRAINER_STATE)
@@ -165,11 +176,18 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer=None, scheduler=None) -> dict:
-    """Restore model, optimizer, scheduler and RNG states; returns {'step', 'extra'}.
+def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer=None, scheduler=None,
+                    training_modules: dict[str, torch.nn.Module] | None = None) -> dict:
+    """Restore model, optimizer, scheduler, RNG states and `training_modules` (as saved by
+    save_checkpoint); returns {'step', 'extra'}.
     Raises TrainerStateError (before touching the model) if trainer_state.pt is not weights_only-loadable."""
     state = load_trainer_state(Path(ckpt) / TRAINER_STATE)
     load_model_files(model, ckpt)
+    for name, module in (training_modules or {}).items():
+        path = Path(ckpt) / TRAINING_MODULES / f"{name}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} has no {TRAINING_MODULES}/{name}.safetensors to resume from")
+        module.load_state_dict(load_file(str(path)))
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

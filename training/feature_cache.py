@@ -55,13 +55,18 @@ class VisualFeatureCache:
         self.encoder = encoder
         self.features: dict[tuple, dict] = {}
         self.tokens: dict[str, dict] = {}
+        self._keys: dict[tuple, tuple] = {}
 
     # -- visual features ------------------------------------------------------------------------
     def frame_key(self, rec: dict, sampling: str | None = None) -> tuple:
-        """(frames dir, chosen frame files) for the record under the encoder's sampling."""
-        paths = frame_paths(rec, self.encoder.data_cfg)
-        idx = choose_frames(len(paths), self.encoder.k, sampling or self.encoder.sampling, rec, self.encoder.data_cfg)
-        return tuple(str(paths[i]) for i in idx)
+        """(frames dir, chosen frame files) for the record under the encoder's sampling (memoised
+        per record id: building the candidate paths is the costliest part of a cached step)."""
+        memo = (rec.get("id", id(rec)), rec.get("_root"), sampling or self.encoder.sampling)
+        if memo not in self._keys:
+            paths = frame_paths(rec, self.encoder.data_cfg)
+            idx = choose_frames(len(paths), self.encoder.k, memo[2], rec, self.encoder.data_cfg)
+            self._keys[memo] = tuple(str(paths[i]) for i in idx)
+        return self._keys[memo]
 
     @torch.no_grad()
     def visual(self, key: tuple) -> dict:
@@ -100,6 +105,7 @@ class VisualFeatureCache:
             answer = self.encoder.answer_ids(rec) if with_answer else []
             video_id = int(self.model.config.video_token_id)
             self.tokens[cache_key] = {
+                "prompt_text": text, "prompt_len": len(prompt),
                 "input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
                 "mm_token_type_ids": [2 if i == video_id else 0 for i in prompt] + [0] * len(answer)}
         return self.tokens[cache_key]
@@ -140,10 +146,12 @@ def cached_forward(model, batch: dict, device: torch.device | str = "cpu") -> to
     return out.logits
 
 
-def cached_answer_logits(model, batch: dict, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def cached_answer_logits(model, batch: dict, device: torch.device | str = "cpu", states: dict | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """As `cached_forward`, but the LM head runs only where a label is predicted (the answer
     tokens; the head over a 3k vocabulary at every prompt position is most of a tiny model's
-    step). Returns (logits [T, V], targets [T]) for the T labelled next-token positions."""
+    step). Returns (logits [T, V], targets [T]) for the T labelled next-token positions.
+    `states`, when given, receives 'fused' [sum N, H] and the LLM's 'hidden_states' (each [B, L, H])."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     fused = fused_tokens(model, batch["video"].to(device), batch["spatial"].to(device))
@@ -151,7 +159,10 @@ def cached_answer_logits(model, batch: dict, device: torch.device | str = "cpu")
                       mm_token_type_ids=batch["mm_token_type_ids"].to(device),
                       video_grid_thw=batch["video_grid_thw"].to(device),
                       second_per_grid_ts=batch["second_per_grid_ts"].to(device),
-                      mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))}, use_cache=False)
+                      mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))}, use_cache=False,
+                      output_hidden_states=states is not None)
+    if states is not None:
+        states.update(fused=fused, hidden_states=out.hidden_states)
     labels = batch["labels"][:, 1:].to(device)
     valid = labels != IGNORE_INDEX
     hidden = out.last_hidden_state[:, :-1][valid]

@@ -32,7 +32,10 @@ def encoder_fingerprint(model: torch.nn.Module, video_cfg: object = None) -> str
 
     h = hashlib.sha256(state_dict_hash(model, keep=lambda name: component_of(name) in FROZEN_COMPONENTS).encode())
     config = getattr(model, "config", None)
-    h.update(json.dumps(_public(config.to_dict()) if config is not None else {}, sort_keys=True, default=str).encode())
+    # the LLM's own config does not change what the encoders compute (an LLM of another depth
+    # reads the same cached features)
+    encoders = {k: v for k, v in _public(config.to_dict()).items() if k != "text_config"} if config is not None else {}
+    h.update(json.dumps(encoders, sort_keys=True, default=str).encode())
     h.update(repr(video_cfg).encode())  # a dataclass: its repr lists every field
     return h.hexdigest()
 

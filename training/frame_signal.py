@@ -9,7 +9,8 @@ A model that reads its frames has a clearly lower answer loss and higher score w
 frames; a model that answers from the text prior has none (the gap is ~0).
 
 Reported per task and overall: loss_true, loss_shuffled, gap = loss_shuffled - loss_true
-(answer-token cross-entropy), and with --decode the VSI-Bench / MultiSPA score of greedy replies
+(answer-token cross-entropy), acc1 (the first answer token is the argmax: a multiple-choice
+question's greedy letter is right), and with --decode the VSI-Bench / MultiSPA score of greedy replies
 (the data engine's scorer) for both inputs, next to the answer-prior baseline.
 """
 from __future__ import annotations
@@ -54,10 +55,13 @@ def shuffled_keys(recs: list[dict], cache: VisualFeatureCache) -> list[tuple]:
 
 @torch.no_grad()
 def per_record_loss(model, cache: VisualFeatureCache, recs: list[dict], keys: list[tuple],
-                    batch_size: int = 32) -> list[float]:
-    """Mean answer-token cross-entropy per record [len(recs)] with the given frame keys."""
+                    batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """Per record with the given frame keys: mean answer-token cross-entropy, and whether the
+    first answer token is the argmax (1.0 / 0.0; for a multiple-choice question, its greedy
+    letter is right)."""
     model.eval()
     losses: list[float] = []
+    hits: list[float] = []
     for s in range(0, len(recs), batch_size):
         b = cache.batch(recs[s:s + batch_size], keys[s:s + batch_size])
         logits = cached_forward(model, b)[:, :-1].float()
@@ -65,7 +69,10 @@ def per_record_loss(model, cache: VisualFeatureCache, recs: list[dict], keys: li
         ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         valid = (labels != IGNORE_INDEX).float()
         losses += ((ce * valid).sum(1) / valid.sum(1).clamp_min(1)).tolist()
-    return losses
+        first = valid.argmax(1)                                              # [B] first answer position
+        rows = torch.arange(len(first))
+        hits += (logits[rows, first].argmax(-1) == labels[rows, first]).float().tolist()
+    return losses, hits
 
 
 @torch.no_grad()
@@ -107,21 +114,23 @@ def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: boo
     score_shuffled, score_prior]}}, 'macro': {...} (with decode)}."""
     true_keys = [cache.frame_key(r) for r in recs]
     shuf_keys = shuffled_keys(recs, cache)
-    lt = per_record_loss(model, cache, recs, true_keys, batch_size)
-    ls = per_record_loss(model, cache, recs, shuf_keys, batch_size)
+    lt, ht = per_record_loss(model, cache, recs, true_keys, batch_size)
+    ls, hs = per_record_loss(model, cache, recs, shuf_keys, batch_size)
     tasks: dict[str, dict] = {}
-    for r, a, b in zip(recs, lt, ls):
-        t = tasks.setdefault(task_family(r), {"n": 0, "loss_true": 0.0, "loss_shuffled": 0.0})
+    for r, a, b, c, d in zip(recs, lt, ls, ht, hs):
+        t = tasks.setdefault(task_family(r), {"n": 0, "loss_true": 0.0, "loss_shuffled": 0.0, "acc1_true": 0.0,
+                                              "acc1_shuffled": 0.0})
         t["n"] += 1
-        t["loss_true"] += a
-        t["loss_shuffled"] += b
+        for key, v in (("loss_true", a), ("loss_shuffled", b), ("acc1_true", c), ("acc1_shuffled", d)):
+            t[key] += v
     for t in tasks.values():
-        t["loss_true"] /= t["n"]
-        t["loss_shuffled"] /= t["n"]
+        for key in ("loss_true", "loss_shuffled", "acc1_true", "acc1_shuffled"):
+            t[key] /= t["n"]
         t["gap"] = t["loss_shuffled"] - t["loss_true"]
     n = max(1, len(recs))
     result = {"overall": {"n": len(recs), "loss_true": sum(lt) / n, "loss_shuffled": sum(ls) / n,
-                          "gap": (sum(ls) - sum(lt)) / n}, "tasks": dict(sorted(tasks.items()))}
+                          "gap": (sum(ls) - sum(lt)) / n, "acc1_true": sum(ht) / n, "acc1_shuffled": sum(hs) / n},
+              "tasks": dict(sorted(tasks.items()))}
     if decode:
         from training.pipeline import macro, prior_baseline
 
@@ -139,17 +148,18 @@ def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: boo
 
 def format_table(result: dict) -> str:
     """Markdown table of a frame_signal result."""
-    cols = ["n", "loss_true", "loss_shuffled", "gap", "score_true", "score_shuffled", "score_prior"]
+    cols = ["n", "loss_true", "loss_shuffled", "gap", "acc1_true", "acc1_shuffled", "score_true", "score_shuffled",
+            "score_prior"]
     lines = ["| task | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for task, row in list(result["tasks"].items()) + [("overall", result["overall"])]:
         cells = []
         for c in cols:
             v = row.get(c)
             cells.append("" if v is None else (str(v) if c == "n" else
-                                               f"{100 * v:.1f}" if c.startswith("score") else f"{v:.3f}"))
+                                               f"{100 * v:.1f}" if c.startswith(("score", "acc1")) else f"{v:.3f}"))
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     for name, m in result.get("macro", {}).items():
-        lines.append(f"| macro {name} | | | | | vsi {100 * (m['vsibench'] or 0):.1f} | multispa "
+        lines.append(f"| macro {name} | | | | | | | vsi {100 * (m['vsibench'] or 0):.1f} | multispa "
                      f"{100 * (m['multispa'] or 0):.1f} | all {100 * (m['all_tasks'] or 0):.1f} |")
     return "\n".join(lines)
 

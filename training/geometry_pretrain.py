@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from training.geometry_losses import camera_loss, depth_loss, ground_truth_pose_encoding
 from training.loop import LoopConfig, train_loop
 from training.trainer_utils import (DistEnv, build_param_groups, cosine_with_warmup, init_distributed, set_seed,
-                                    wrap_for_strategy)
+                                    unwrap, wrap_for_strategy)
 
 
 def prepare_clip(clip: dict, image_hw: tuple[int, int]) -> dict:
@@ -34,7 +35,7 @@ def prepare_clip(clip: dict, image_hw: tuple[int, int]) -> dict:
 
     clip: images [S, H, W, 3] uint8, depth [S, H, W] float (metres, 0 = invalid),
           cam_from_world [S, 3|4, 4] (OpenCV), intrinsics [S, 3, 3] (pixels of H x W).
-    returns: images [S, 3, h, w] in [0, 1], depth [S, h, w], cam_from_world [S, 3, 4],
+    returns: images [S, 3, h, w] uint8, depth [S, h, w], cam_from_world [S, 3, 4],
              intrinsics [S, 3, 3] rescaled to (h, w)."""
     import cv2
 
@@ -47,7 +48,7 @@ def prepare_clip(clip: dict, image_hw: tuple[int, int]) -> dict:
     k = np.array(clip["intrinsics"], np.float64).copy()
     k[:, 0, :] *= w / src_w
     k[:, 1, :] *= h / src_h
-    return {"images": torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0,
+    return {"images": torch.from_numpy(rgb).permute(0, 3, 1, 2).contiguous(),   # uint8: 4x less memory per clip
             "depth": torch.from_numpy(depth).float(),
             "cam_from_world": torch.from_numpy(np.asarray(clip["cam_from_world"], np.float64)[:, :3, :4].copy()).float(),
             "intrinsics": torch.from_numpy(k).float()}
@@ -62,8 +63,54 @@ def geometry_batch(clips: list[dict], seed: int, step: int, micro: int, rank: in
     return {k: torch.stack([clips[i][k] for i in idx]) for k in clips[0]}
 
 
-def geometry_step_loss(vggt: torch.nn.Module, batch: dict, image_hw: tuple[int, int], cfg: dict) -> tuple[torch.Tensor, dict]:
-    """Forward VGGT on batch['images'] [B, S, 3, H, W]; returns (loss, metrics)."""
+def patch_point_targets(batch: dict, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean 3-D point of each patch, in the first camera's frame (metres), from GT depth + poses.
+
+    batch: depth [B, S, H, W], cam_from_world [B, S, 3, 4], intrinsics [B, S, 3, 3] ->
+    (points [B, S, H/p * W/p, 3], valid [B, S, H/p * W/p] bool: the patch has depth)."""
+    from ros2_spatial_mllm.geometry import depth_to_world_points, relative_to_first_camera
+
+    depth = batch["depth"].float()
+    b, s, h, w = depth.shape
+    pts = torch.stack([depth_to_world_points(depth[i], relative_to_first_camera(batch["cam_from_world"][i].double()).float(),
+                                             batch["intrinsics"][i].float()) for i in range(b)])     # [B, S, H, W, 3]
+    valid = (depth > 0).float()
+    cells = lambda x: x.reshape(b, s, h // patch, patch, w // patch, patch, -1).sum((3, 5))  # noqa: E731
+    n = cells(valid[..., None])                                                             # [B, S, gh, gw, 1]
+    mean = cells(pts * valid[..., None]) / n.clamp(min=1)
+    return mean.reshape(b, s, -1, 3), (n[..., 0] > 0).reshape(b, s, -1)
+
+
+class PatchPointProbe(torch.nn.Module):
+    """Training-only linear read-out of the aggregator's last layer (the features the connector
+    fuses): each patch token -> its mean 3-D point in the first camera's frame. Supervising it
+    puts metric, first-camera positions linearly into those features, which the spatial
+    questions need and which the camera and depth heads alone leave implicit (the reference
+    VGGT's point head plays this part on its DPT branch)."""
+
+    def __init__(self, vggt: torch.nn.Module):
+        super().__init__()
+        self.linear = torch.nn.Linear(2 * vggt.config.embed_dim, 3)
+        self.captured: torch.Tensor | None = None
+        vggt.aggregator.register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output) -> None:
+        outputs, start = output
+        self.captured = outputs[-1][:, :, start:]                                 # [B, S, h*w, 2C]
+
+    def loss(self, batch: dict, patch: int) -> torch.Tensor:
+        target, valid = patch_point_targets(batch, patch)
+        pred = self.linear(self.captured.float())
+        err = F.smooth_l1_loss(pred, target, reduction="none", beta=0.1).sum(-1)
+        return (err * valid).sum() / valid.sum().clamp(min=1)
+
+
+def geometry_step_loss(vggt: torch.nn.Module, batch: dict, image_hw: tuple[int, int], cfg: dict,
+                       probe: PatchPointProbe | None = None) -> tuple[torch.Tensor, dict]:
+    """Forward VGGT on batch['images'] [B, S, 3, H, W] (float in [0, 1] or uint8); returns (loss, metrics).
+    With a PatchPointProbe hooked on this VGGT, its loss is added (weight `point_weight`)."""
+    if batch["images"].dtype == torch.uint8:
+        batch = {**batch, "images": batch["images"].float() / 255.0}
     out = vggt(batch["images"])
     gt_enc = ground_truth_pose_encoding(batch["cam_from_world"], batch["intrinsics"], image_hw)
     pred_enc = out.get("pose_enc_list") or out["pose_enc"]
@@ -71,8 +118,13 @@ def geometry_step_loss(vggt: torch.nn.Module, batch: dict, image_hw: tuple[int, 
     dep = depth_loss(out["depth"], out["depth_conf"], batch["depth"], alpha=cfg.get("depth_alpha", 0.2),
                      grad_weight=cfg.get("depth_grad_weight", 1.0))
     loss = cfg.get("camera_weight", 1.0) * cam["loss"] + cfg.get("depth_weight", 1.0) * dep["loss"]
+    extra = {}
+    if probe is not None:
+        point = probe.loss(batch, unwrap(vggt).config.patch_size)
+        loss = loss + float(cfg.get("point_weight", 1.0)) * point
+        extra["loss_point"] = float(point.detach())
     cam = {k: v if k == "loss" else v.detach() for k, v in cam.items()}
-    metrics = {"loss_camera": float(cam["loss"].detach()), "loss_T": float(cam["loss_T"]), "loss_R": float(cam["loss_R"]),
+    metrics = {**extra, "loss_camera": float(cam["loss"].detach()), "loss_T": float(cam["loss_T"]), "loss_R": float(cam["loss_R"]),
                "loss_fov": float(cam["loss_fov"]), "loss_depth": float(dep["loss"].detach()), "depth_l1": float(dep["depth_l1"]),
                "conf_mean": float(dep["conf_mean"])}
     return loss, metrics
@@ -104,6 +156,11 @@ def run_geometry(cfg: dict, env: DistEnv | None = None) -> dict:
         raise RuntimeError("geometry: no training clips found (check data.* in the config)")
     groups = build_param_groups(vggt, {}, float(gcfg.get("lr", 3e-4)), float(gcfg.get("weight_decay", 0.01)),
                                 patterns={"vggt": r".*"})
+    probe = None
+    if float(gcfg.get("point_weight", 0.0)) > 0:
+        probe = PatchPointProbe(vggt).to(env.device)
+        groups.append({"params": list(probe.parameters()), "lr": float(gcfg.get("lr", 3e-4)), "weight_decay": 0.0,
+                       "name": "point_probe"})
     optimizer = torch.optim.AdamW(groups, lr=float(gcfg.get("lr", 3e-4)), betas=(0.9, 0.95))
     max_steps = int(gcfg.get("max_steps", 100))
     scheduler = cosine_with_warmup(optimizer, int(gcfg.get("warmup_steps", max(1, max_steps // 20))), max_steps)
@@ -113,11 +170,12 @@ def run_geometry(cfg: dict, env: DistEnv | None = None) -> dict:
     def compute_loss(step: int, micro: int):
         batch = geometry_batch(clips, seed, step, micro, env.rank, env.world_size, bs)
         batch = {k: v.to(env.device) for k, v in batch.items()}
-        return geometry_step_loss(wrapped, batch, image_hw, gcfg)
+        return geometry_step_loss(wrapped, batch, image_hw, gcfg, probe)
 
     loop_cfg = LoopConfig.from_dict("geometry", gcfg, out_dir)
     loop_cfg.resume = cfg.get("resume", loop_cfg.resume)
-    loop_cfg.plot_keys = ("loss", "loss_camera", "loss_depth", "depth_l1", "loss_T", "lr")
+    loop_cfg.plot_keys = ("loss", "loss_camera", "loss_depth", "depth_l1", "loss_T", "loss_point", "lr")
     result = train_loop(loop_cfg, env, model, optimizer, scheduler, compute_loss, processor=processor,
-                        ddp_module=wrapped if wrapped is not vggt else None)
+                        ddp_module=wrapped if wrapped is not vggt else None,
+                        training_modules={"point_probe": probe} if probe is not None else None)
     return {**result, "skipped": False}

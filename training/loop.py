@@ -61,17 +61,19 @@ def _full_params(wrapper):
 def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: Any, compute_loss: Callable[[int, int], tuple[torch.Tensor, dict]],
                processor: Any = None, ddp_module: torch.nn.Module | None = None,
-               on_step_end: Callable[[int, dict], None] | None = None) -> dict:
+               on_step_end: Callable[[int, dict], None] | None = None,
+               training_modules: dict[str, torch.nn.Module] | None = None) -> dict:
     """Run steps [start, max_steps); returns {'final_dir', 'last_metrics', 'start_step'}.
 
     model: the module whose weights are checkpointed (unwrapped inside);
-    ddp_module: the DDP/FSDP wrapper used in compute_loss (for no_sync), if any."""
+    ddp_module: the DDP/FSDP wrapper used in compute_loss (for no_sync), if any;
+    training_modules: training-only modules (aux heads, probes) checkpointed and resumed with the run."""
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_resume(cfg.resume, out_dir)
     start = 0
     if ckpt is not None:
-        start = load_checkpoint(ckpt, unwrap(model), optimizer, scheduler)["step"]
+        start = load_checkpoint(ckpt, unwrap(model), optimizer, scheduler, training_modules)["step"]
         if env.is_main:
             tqdm.write(f"[{cfg.stage}] resumed from {ckpt} at step {start}")
     log = MetricsLog(out_dir / "metrics.csv", resume_step=start if ckpt is not None else None) if env.is_main else None
@@ -114,12 +116,14 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
             with _full_params(ddp_module):
                 if env.is_main:
-                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
+                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor,
+                                    keep_last=cfg.keep_last, training_modules=training_modules)
             env.barrier()
         if cfg.stop_after and done >= cfg.stop_after and done < cfg.max_steps:
             with _full_params(ddp_module):
                 if env.is_main:
-                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last)
+                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor,
+                                    keep_last=cfg.keep_last, training_modules=training_modules)
             env.barrier()
             bar.close()
             return {"final_dir": None, "last_metrics": last, "start_step": start, "stopped_at": done}
@@ -131,7 +135,7 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
         if env.is_main:
             if start < cfg.max_steps or not list(out_dir.glob("checkpoint-*")):
                 save_checkpoint(out_dir, cfg.max_steps, model, optimizer, scheduler, processor=processor,
-                                keep_last=cfg.keep_last)
+                                keep_last=cfg.keep_last, training_modules=training_modules)
             save_model_files(model, final_dir, processor)
     if env.is_main:
         if log is not None and log.rows:

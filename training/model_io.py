@@ -40,6 +40,8 @@ def build_model(model_cfg: dict):
         model, report = load_checkpoint(init)
         if not report.ok:
             raise RuntimeError(f"model.init={init}: {report.summary()}")
+        if model_cfg.get("llm_overrides"):
+            model = _resize_llm(model, dict(model_cfg["llm_overrides"]), int(model_cfg.get("seed", 0)))
         return model, Path(assets or init)
     if assets is None:
         if preset != "tiny":
@@ -53,6 +55,31 @@ def build_model(model_cfg: dict):
         return model, assets
     model = build_preset(load_config(assets), seed=int(model_cfg.get("seed", 0)))
     return model, assets
+
+
+def _resize_llm(model, overrides: dict, seed: int):
+    """A fresh LLM + connector with text_config `overrides` (e.g. num_hidden_layers) on the
+    trained encoders of `model` (2D tower and spatial encoder copied; the width must stay, as
+    the 2D merger projects to it)."""
+    import copy
+
+    from ros2_spatial_mllm.model.presets import build_model as build_preset
+
+    config = copy.deepcopy(model.config)
+    if int(overrides.get("hidden_size", config.text_config.hidden_size)) != config.text_config.hidden_size:
+        raise ValueError("model.llm_overrides cannot change hidden_size (the 2D merger projects to it)")
+    for key, value in overrides.items():
+        setattr(config.text_config, key, value)
+    layers = int(config.text_config.num_hidden_layers)
+    if getattr(config.text_config, "layer_types", None) is not None:
+        config.text_config.layer_types = (list(config.text_config.layer_types) + ["full_attention"] * layers)[:layers]
+    fresh = build_preset(config, seed=seed)
+    keep = {k: v for k, v in model.state_dict().items() if k.startswith(("model.visual.", "spatial_encoder."))}
+    missing = [k for k in keep if k not in fresh.state_dict()]
+    if missing:
+        raise RuntimeError(f"model.llm_overrides: encoder keys not found in the resized model: {missing[:3]}")
+    fresh.load_state_dict(keep, strict=False)
+    return fresh
 
 
 def ensure_tiny_assets(path: Path) -> Path:
@@ -132,6 +159,19 @@ def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None
 
     if mode == "all" or n <= k:
         return list(range(n))
+    if mode == "mixed" and rec is not None:
+        # per question (stable hash of its id): uniform, space-aware, or uniform shifted by a third
+        # or two thirds of the spacing; the whole-video questions of a scene then see several frame
+        # sets instead of one, and both of the samplers the model is evaluated with
+        import zlib
+
+        pick = zlib.crc32(str(rec.get("id", "")).encode()) % 4
+        if pick == 1:
+            return choose_frames(n, k, "space_aware", rec, data_cfg)
+        if pick >= 2:
+            spacing = n / k
+            return [min(n - 1, int(i * spacing + spacing * (pick - 1) / 3.0)) for i in range(k)]
+        mode = "uniform"
     if mode == "space_aware" and rec is not None:
         if rec.get("space_aware_indices"):
             return sorted(int(i) for i in rec["space_aware_indices"])[:k]
@@ -310,8 +350,11 @@ def load_geometry_clips(data_cfg: dict, split: str = "train", frames: int = 4, s
     Sources, in order: data.geometry_npz (list of .npz files with those arrays, e.g. the
     fixtures), <root>/<split>_geometry/*.npz, and the data engine's scenes rendered with
     --save-depth: <root>/scenes/<split>/<scene>/{frames/*.jpg, depth/*.png (uint16 mm),
-    cameras.json}. A video of N frames gives clips of `frames` frames `stride` apart."""
-    stride = int(stride or data_cfg.get("geometry_stride", 2))
+    cameras.json}. A video of N frames gives clips of `frames` frames `stride` apart; a list of
+    strides (data.geometry_stride: [2, 4]) gives the clips of each, so the encoder also learns the
+    wide baselines of frames spread over a whole walk-through, as questions sample them."""
+    strides = stride or data_cfg.get("geometry_stride", 2)
+    strides = [int(x) for x in strides] if isinstance(strides, (list, tuple)) else [int(strides)]
     files = data_cfg.get("geometry_npz")
     root = Path(data_cfg["root"]) if data_cfg.get("root") else None
     if files is None and root is not None:
@@ -330,12 +373,13 @@ def load_geometry_clips(data_cfg: dict, split: str = "train", frames: int = 4, s
     span = (frames - 1) * 1 + 1
     for v in videos:
         n = v["images"].shape[0]
-        step = min(stride, max(1, (n - 1) // max(1, frames - 1)))
-        for start in range(0, n - (span - 1) * step, max(1, frames * step // 2)):
-            sl = slice(start, start + frames * step, step)
-            if len(range(n)[sl]) < frames:
-                break
-            clips.append({k: v[k][sl] for k in ("images", "depth", "cam_from_world", "intrinsics")})
+        for stride in strides:
+            step = min(stride, max(1, (n - 1) // max(1, frames - 1)))
+            for start in range(0, n - (span - 1) * step, max(1, frames * step // 2)):
+                sl = slice(start, start + frames * step, step)
+                if len(range(n)[sl]) < frames:
+                    break
+                clips.append({k: v[k][sl] for k in ("images", "depth", "cam_from_world", "intrinsics")})
     return clips
 
 

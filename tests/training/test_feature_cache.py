@@ -238,6 +238,12 @@ def test_feature_store_round_trips_and_keys_on_the_frozen_encoders(setup, tmp_pa
     for key, entry in first.features.items():
         for field, t in entry.items():
             assert torch.equal(second.features[key][field], t), field
+    # an LLM of another depth on the same encoders reads the same store
+    from training.model_io import _resize_llm
+
+    deeper = _resize_llm(model, {"num_hidden_layers": 3}, seed=1)
+    assert deeper.config.text_config.num_hidden_layers == 3 and len(deeper.model.language_model.layers) == 3
+    assert encoder_fingerprint(deeper, enc.video_cfg) == fp
     # training the connector / LLM keeps the store; any change to a frozen encoder leaves it
     with torch.no_grad():
         model.connector.mlp[2].weight.add_(1.0)
@@ -245,3 +251,39 @@ def test_feature_store_round_trips_and_keys_on_the_frozen_encoders(setup, tmp_pa
         next(model.spatial_encoder.parameters()).view(-1)[0] += 1e-3
         assert encoder_fingerprint(model, enc.video_cfg) != fp
     assert len(FeatureStore(tmp_path, encoder_fingerprint(model, enc.video_cfg))) == 0
+
+
+def test_cached_sft_with_aux_heads_resumes_bit_exact(setup, tmp_path):
+    """With the auxiliary grounding heads on (time, mention attention, order, option), a run
+    stopped at step 2 and resumed equals the uninterrupted run: the heads are checkpointed as
+    training modules, never into the model files."""
+    from safetensors.torch import load_file
+
+    init = tmp_path / "init"
+    model, assets = _model(setup, seed=3)
+    from training.checkpointing import save_model_files
+
+    save_model_files(model, init, assets)
+
+    def cfg(out, **loop):
+        return {"seed": 0, "output_dir": str(out), "model": {"init": str(init), "assets_dir": setup["assets"]},
+                "feature_store": None, "data": {"root": setup["data"], "num_frames": 4},
+                "cached_sft": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 0,
+                               "lr": {"connector": 1e-2, "llm": 1e-2}, **loop,
+                               "aux": {"enabled": True, "layer": 1, "time_layer": 1, "order_layer": 2,
+                                       "option_layer": 2, "weights": {"mention_attention": 1.0}}}}
+
+    full = run_cached_sft(cfg(tmp_path / "full", save_every=2))
+    stopped = run_cached_sft(cfg(tmp_path / "part", stop_after=2))
+    assert stopped["stopped_at"] == 2
+    heads_file = tmp_path / "part" / "checkpoint-2" / "training_modules" / "aux_heads.safetensors"
+    assert {k.split(".")[0] for k in load_file(str(heads_file))} >= {"token", "mention", "time", "option", "order"}
+    resumed = run_cached_sft({**cfg(tmp_path / "part"), "resume": "auto"})
+    assert resumed["start_step"] == 2
+    h = lambda d: state_dict_hash(build_model({"init": str(d), "assets_dir": setup["assets"]})[0])  # noqa: E731
+    assert h(resumed["final_dir"]) == h(full["final_dir"])
+    # the exported model files hold the Spatial-MLLM only
+    keys = json.loads((Path(full["final_dir"]) / "model.safetensors.index.json").read_text())["weight_map"]
+    assert not any(k.startswith(("token.", "mention.", "aux")) for k in keys)
+    row = (tmp_path / "full" / "metrics.csv").read_text().splitlines()[0]
+    assert "aux_mention_attention" in row and "aux_token_time" in row

@@ -142,3 +142,14 @@ def test_space_aware_frames_from_sensor_depth(tmp_path):
     assert len(chosen) == 4 and chosen == sorted(chosen) and len(set(chosen)) == 4
     assert chosen == choose_frames(12, 4, "space_aware", rec, {"root": str(data)})  # deterministic
     assert choose_frames(12, 4, "uniform", rec) == [0, 3, 7, 11]  # C's uniform_sample
+
+
+def test_mixed_sampling_gives_each_question_one_of_four_frame_sets():
+    from training.model_io import choose_frames
+
+    picks = {tuple(choose_frames(32, 8, "mixed", {"id": f"q{i}"})) for i in range(40)}
+    assert tuple(choose_frames(32, 8, "uniform")) in picks
+    assert all(len(p) == 8 and list(p) == sorted(p) and len(set(p)) == 8 and p[-1] < 32 for p in picks)
+    # without depth the space-aware quarter falls back to uniform: uniform + two shifted sets
+    assert len(picks) == 3
+    assert choose_frames(32, 8, "mixed", {"id": "q7"}) == choose_frames(32, 8, "mixed", {"id": "q7"})

@@ -112,3 +112,44 @@ def test_default_pipeline_smoke(tmp_path):
     assert model.answer([np.zeros((84, 112, 3), np.uint8)] * 2, "How many chairs are there?").num_tokens >= 0
     assert (tmp_path / "run" / "report.md").is_file()
     assert set(result["report"]["macro"]) == {"uniform", "space_aware", "prior_baseline"}
+
+
+def test_patch_points_lie_on_the_plane_in_the_first_camera():
+    """The plane clip's world is camera 0's frame and the plane is z = d there, so every patch's
+    mean point has z = d, whichever frame sees it; frame 0's first patch is a plain unprojection."""
+    from training.geometry_pretrain import patch_point_targets
+
+    raw = plane_clip(np.random.default_rng(3), n_frames=3, hw=(56, 84))
+    clip = prepare_clip(raw, (56, 84))
+    pts, valid = patch_point_targets({k: v[None] for k, v in clip.items()}, 14)
+    assert pts.shape == (1, 3, 4 * 6, 3) and bool(valid.all())
+    d = float(raw["depth"][0, 0, 0])
+    # (geometry.py unprojects pixel corners, the renderer pixel centres: half a pixel apart)
+    assert torch.allclose(pts[..., 2], torch.full_like(pts[..., 2], d), atol=3e-3)
+    k = raw["intrinsics"][0]
+    u = (np.arange(14) + 0.5 - k[0, 2]) / k[0, 0]
+    v = (np.arange(14) + 0.5 - k[1, 2]) / k[1, 1]
+    assert pts[0, 0, 0, 0].item() == pytest.approx(u.mean() * d, abs=0.02)
+    assert pts[0, 0, 0, 1].item() == pytest.approx(v.mean() * d, abs=0.02)
+
+
+def test_point_probe_trains_the_last_aggregator_layer(tmp_path):
+    from training.geometry_pretrain import PatchPointProbe
+    from training.model_io import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model({"init": "random", "assets_dir": str(tiny_assets_for_tests(tmp_path))})
+    vggt = model.spatial_encoder.vggt_model
+    probe = PatchPointProbe(vggt)
+    clip = prepare_clip(plane_clip(np.random.default_rng(4), n_frames=2), (56, 84))
+    batch = {k: v[None] for k, v in clip.items()}
+    opt = torch.optim.AdamW(list(vggt.parameters()) + list(probe.parameters()), lr=2e-3)
+    points = []
+    for _ in range(25):
+        loss, metrics = geometry_step_loss(vggt, batch, (56, 84), {"point_weight": 1.0}, probe)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        points.append(metrics["loss_point"])
+    assert probe.captured.shape[:2] == (1, 2) and probe.captured.shape[-1] == 2 * vggt.config.embed_dim
+    assert points[-1] < 0.5 * points[0], points
