@@ -170,8 +170,9 @@ class AttentionCapture:
     """Attention probabilities [B, heads, L, L] of the first `heads` query heads of one LLM
     decoder layer, recomputed from that layer's own query/key projections and rotary positions
     on forward (the fused attention kernels the model runs return no weights; recomputing two
-    heads costs a fraction of switching every layer to eager attention). `mask` [B, L] (1 =
-    token, 0 = padding) must be set before the forward."""
+    heads costs a fraction of switching every layer to eager attention). It records only while
+    `mask` [B, L] (1 = token, 0 = padding) is set to the batch's attention mask; other forwards
+    (evaluation, decoding) pass through untouched."""
 
     def __init__(self, model, layer_index: int, heads: int = 2):
         self.heads = heads
@@ -184,6 +185,9 @@ class AttentionCapture:
 
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         b, length, _ = x.shape
+        if self.mask is None or tuple(self.mask.shape) != (b, length):
+            self.weights = None
+            return
         d = module.head_dim
         group = module.config.num_attention_heads // module.config.num_key_value_heads
         q = module.q_proj(x).view(b, length, -1, d)[:, :, : self.heads].transpose(1, 2)        # [B, h, L, d]

@@ -205,16 +205,21 @@ def aux_step_loss(model, heads, targets, cache, recs: list[dict], batch: dict, w
     aux = targets.batch(recs, keys, [t["prompt_text"] for t in toks], [t["prompt_len"] for t in toks],
                         batch["video_grid_thw"])
     states: dict = {}
-    if getattr(heads, "attention", None) is not None:
-        heads.attention.mask = batch["attention_mask"]
-    logits, tgt = cached_answer_logits(model, batch, states=states)
+    capture = getattr(heads, "attention", None)
+    if capture is not None:
+        capture.mask = batch["attention_mask"]
+    try:
+        logits, tgt = cached_answer_logits(model, batch, states=states)
+    finally:
+        if capture is not None:
+            capture.mask = None
     answer = F.cross_entropy(logits.float(), tgt)
     video_mask = batch["input_ids"] == int(model.config.video_token_id)
     terms = aux_losses(heads, states["fused"], states["hidden_states"], aux, video_mask)
-    if getattr(heads, "attention", None) is not None:
+    if capture is not None:
         from training.aux_heads import mention_attention_loss
 
-        terms["mention_attention"] = mention_attention_loss(heads.attention.weights, aux, video_mask)
+        terms["mention_attention"] = mention_attention_loss(capture.weights, aux, video_mask)
     fields = terms.pop("fields", {})
     total = answer + sum(weights[k] * v for k, v in terms.items())
     with torch.no_grad():

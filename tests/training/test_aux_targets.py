@@ -222,6 +222,14 @@ def test_attention_capture_equals_the_layer_eager_attention(tmp_path):
                     video_grid_thw=torch.tensor([[2, 2, 4], [2, 2, 4]]), second_per_grid_ts=torch.tensor([1.0, 1.0]),
                     mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused,))}, use_cache=False)
     eager = seen["w"][:, :2]
+    recorded = capture.weights
+    capture.mask = None  # not recording: another forward leaves nothing behind
+    with torch.no_grad():
+        model.model(input_ids=ids[:1, :7], attention_mask=mask[:1, :7], mm_token_type_ids=mm[:1, :7],
+                    video_grid_thw=torch.tensor([[2, 2, 4]]), second_per_grid_ts=torch.tensor([1.0]),
+                    mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused[:4],))}, use_cache=False)
+    assert capture.weights is None
+    capture.weights = recorded
     assert capture.weights.shape == eager.shape
     real = mask.bool()
     assert torch.allclose(capture.weights[0], eager[0], atol=1e-5)

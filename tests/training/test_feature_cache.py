@@ -268,7 +268,7 @@ def test_cached_sft_with_aux_heads_resumes_bit_exact(setup, tmp_path):
     def cfg(out, **loop):
         return {"seed": 0, "output_dir": str(out), "model": {"init": str(init), "assets_dir": setup["assets"]},
                 "feature_store": None, "data": {"root": setup["data"], "num_frames": 4},
-                "cached_sft": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 0,
+                "cached_sft": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 2, "eval_limit": 6,
                                "lr": {"connector": 1e-2, "llm": 1e-2}, **loop,
                                "aux": {"enabled": True, "layer": 1, "time_layer": 1, "order_layer": 2,
                                        "option_layer": 2, "weights": {"mention_attention": 1.0}}}}
