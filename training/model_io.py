@@ -28,7 +28,9 @@ def build_model(model_cfg: dict):
     model.init: "random" (preset sizes from the assets' config.json, seeded random weights),
                 "assets" (the weights shipped in the assets dir), or a checkpoint directory.
     model.preset: tiny | official; model.assets_dir: tokenizer/processor files (default: the
-    package's assets/tiny for the tiny preset, else the init checkpoint)."""
+    package's assets/tiny for the tiny preset, else the init checkpoint); model.llm_overrides:
+    text_config fields (e.g. {num_hidden_layers: 4}) for a fresh LLM on a checkpoint's trained
+    encoders, applied only where the checkpoint's LLM differs."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
     from ros2_spatial_mllm.model.presets import build_model as build_preset
@@ -40,8 +42,11 @@ def build_model(model_cfg: dict):
         model, report = load_checkpoint(init)
         if not report.ok:
             raise RuntimeError(f"model.init={init}: {report.summary()}")
-        if model_cfg.get("llm_overrides"):
-            model = _resize_llm(model, dict(model_cfg["llm_overrides"]), int(model_cfg.get("seed", 0)))
+        overrides = dict(model_cfg.get("llm_overrides") or {})
+        if any(getattr(model.config.text_config, k, None) != v for k, v in overrides.items()):
+            # only a checkpoint of another LLM size is resized (a later stage of the same run
+            # keeps the LLM it was handed)
+            model = _resize_llm(model, overrides, int(model_cfg.get("seed", 0)))
         return model, Path(assets or init)
     if assets is None:
         if preset != "tiny":
