@@ -48,7 +48,9 @@ def test_twenty_concurrent_clients_get_ok_or_busy(ros_client, shared_node, tmp_p
         future.add_done_callback(lambda f, i=i: replies.__setitem__(i, (f.result().error_code,
                                                                          (time.monotonic() - started) * 1e3)))
         futures.append(future)
-    complete = wait_for(lambda: len(replies) == CLIENTS, 60.0)
+    # a liveness bound, not a speed figure: on a shared 2-core machine under a training job the
+    # five answered queries took over 60 s
+    complete = wait_for(lambda: len(replies) == CLIENTS, 180.0)
     wall_s = time.monotonic() - started
     stop.set()
     watcher.join()
