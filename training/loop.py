@@ -76,6 +76,11 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
         start = load_checkpoint(ckpt, unwrap(model), optimizer, scheduler, training_modules)["step"]
         if env.is_main:
             tqdm.write(f"[{cfg.stage}] resumed from {ckpt} at step {start}")
+
+    def save_at(step: int) -> None:  # main rank only, inside _full_params
+        save_checkpoint(out_dir, step, model, optimizer, scheduler, processor=processor, keep_last=cfg.keep_last,
+                        training_modules=training_modules)
+
     log = MetricsLog(out_dir / "metrics.csv", resume_step=start if ckpt is not None else None) if env.is_main else None
     if log is not None and ckpt is None:
         log.rows = []
@@ -113,18 +118,13 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         if on_step_end is not None:
             on_step_end(done, row)
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+        stop = bool(cfg.stop_after) and done >= cfg.stop_after and done < cfg.max_steps
+        if stop or (cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps):
             with _full_params(ddp_module):
                 if env.is_main:
-                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor,
-                                    keep_last=cfg.keep_last, training_modules=training_modules)
+                    save_at(done)
             env.barrier()
-        if cfg.stop_after and done >= cfg.stop_after and done < cfg.max_steps:
-            with _full_params(ddp_module):
-                if env.is_main:
-                    save_checkpoint(out_dir, done, model, optimizer, scheduler, processor=processor,
-                                    keep_last=cfg.keep_last, training_modules=training_modules)
-            env.barrier()
+        if stop:
             bar.close()
             return {"final_dir": None, "last_metrics": last, "start_step": start, "stopped_at": done}
     bar.close()
@@ -134,8 +134,7 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
     with _full_params(ddp_module):
         if env.is_main:
             if start < cfg.max_steps or not list(out_dir.glob("checkpoint-*")):
-                save_checkpoint(out_dir, cfg.max_steps, model, optimizer, scheduler, processor=processor,
-                                keep_last=cfg.keep_last, training_modules=training_modules)
+                save_at(cfg.max_steps)
             save_model_files(model, final_dir, processor)
     if env.is_main:
         if log is not None and log.rows:
