@@ -8,7 +8,7 @@ Writes benchmarks/results/tiny_latency.json: median (and min/max) milliseconds o
 `SpatialMLLM.answer` (preprocess, spatial_encoder, vision_encoder, connector, prefill, decode,
 total) over --runs timed runs after --warmup untimed ones, plus the process CPU time per query
 (wall-clock times are inflated when other processes share the cores; the JSON records the load). End-of-sequence tokens are ignored
-so that every run decodes exactly --max-new-tokens tokens (random weights stop at random).
+so that every run decodes exactly --max-new-tokens tokens (a trained model stops after a few).
 The stage table ("by_threads") uses the default decode mode (eager).
 
 Decode modes ("decode_modes"): SpatialMLLM.answer with decode_mode eager (DynamicCache) vs static

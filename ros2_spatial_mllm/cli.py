@@ -4,7 +4,7 @@
     spatial-mllm ask --video frames/ --fps 2 --question "Which is closer to the bed?" \
         --options "A. chair" "B. table" --sampling uniform --num-frames 8
 
-Tiny CPU run (embedded tiny preset, random weights until trained ones ship):
+Tiny CPU run (embedded tiny preset: the trained default from training/configs/tiny_default.yaml):
     spatial-mllm ask --video ros2_spatial_mllm/assets/demo/room.mp4 --question "How many chairs?" --num-frames 8
     spatial-mllm ask --video clip.mp4 --question "How many chairs?" --device cuda --decode-mode compiled
         (--decode-mode eager|static|compiled: the LLM decode path, see ros2_spatial_mllm/inference.py)

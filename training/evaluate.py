@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spatial-mllm-eval", description="Evaluate a Spatial-MLLM on a dataset split")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local checkpoint directory")
-    src.add_argument("--preset", choices=["tiny"], help="embedded preset (tiny: bundled random-weight model)")
+    src.add_argument("--preset", choices=["tiny"], help="embedded preset (tiny: the bundled trained default)")
     p.add_argument("--data", required=True, help="dataset directory written by spatial-mllm-data generate")
     p.add_argument("--split", default="test", help="split name: DATA/<split>.jsonl")
     p.add_argument("--num-frames", type=int, default=16, help="frames per video question")

@@ -25,14 +25,14 @@ from training.sft import answer_only_labels
 def build_model(model_cfg: dict):
     """-> (SpatialMLLMForConditionalGeneration, assets_dir holding tokenizer/processor files).
 
-    model.init: "random" (preset sizes from the assets' config.json, seeded random weights),
+    model.init: "random" (the preset's sizes, seeded random weights),
                 "assets" (the weights shipped in the assets dir), or a checkpoint directory.
     model.preset: tiny | official; model.assets_dir: tokenizer/processor files (default: the
     package's assets/tiny for the tiny preset, else the init checkpoint); model.llm_overrides:
     text_config fields (e.g. {num_hidden_layers: 4}) for a fresh LLM on a checkpoint's trained
     encoders, applied only where the checkpoint's LLM differs."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
-    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR, tiny_config
     from ros2_spatial_mllm.model.presets import build_model as build_preset
 
     preset = model_cfg.get("preset", "tiny")
@@ -58,7 +58,10 @@ def build_model(model_cfg: dict):
         if not report.ok:
             raise RuntimeError(f"model.init=assets ({assets}): {report.summary()}")
         return model, assets
-    model = build_preset(load_config(assets), seed=int(model_cfg.get("seed", 0)))
+    # the tiny preset's own sizes, not the assets' config.json: the shipped default there is the
+    # trained model, whose LLM is deeper (model.llm_overrides) than the preset training starts from
+    config = tiny_config() if preset == "tiny" else load_config(assets)
+    model = build_preset(config, seed=int(model_cfg.get("seed", 0)))
     return model, assets
 
 

@@ -1,9 +1,13 @@
 """Model presets (one code path): `official` (Qwen2.5-VL-3B + VGGT-1B sizes) and `tiny`.
 
-Regenerate the tiny preset's files in ros2_spatial_mllm/assets/tiny (tokenizer, chat template,
-processor configs, config.json, seeded random weights), deterministically:
+Write the tiny preset's files (tokenizer, chat template, processor configs, config.json, seeded
+random weights) into a directory, deterministically; the training package starts from them:
 
-    python -m ros2_spatial_mllm.model.presets --write-tiny-assets [--out DIR] [--seed 0]
+    python -m ros2_spatial_mllm.model.presets --write-tiny-assets --out DIR [--seed 0]
+
+The package's own ros2_spatial_mllm/assets/tiny holds the trained default instead (same tokenizer
+and processor files; weights and config.json from `spatial-mllm-train default --config
+training/configs/tiny_default.yaml`, whose LLM is 4 layers deep), so --out is required.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def build_model(config: SpatialMLLMConfig | str, device: str | torch.device = "c
     return model.eval()
 
 
-def write_tiny_assets(out_dir: Path = TINY_ASSETS_DIR, seed: int = 0) -> Path:
+def write_tiny_assets(out_dir: Path, seed: int = 0) -> Path:
     """Tokenizer + chat template + processor configs + config.json + seeded weights -> out_dir."""
     from .checkpoint import save_checkpoint
     from .tiny_tokenizer import write_tokenizer_files
@@ -164,12 +168,16 @@ def write_tiny_assets(out_dir: Path = TINY_ASSETS_DIR, seed: int = 0) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-tiny-assets", action="store_true", help="regenerate the tiny preset's files")
-    parser.add_argument("--out", type=Path, default=TINY_ASSETS_DIR, help="output directory (default: the package's assets/tiny)")
+    parser.add_argument("--out", type=Path, help="output directory (required: the package's assets/tiny holds the "
+                        "trained default, not these random weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tiny weights")
     args = parser.parse_args(argv)
     if not args.write_tiny_assets:
         parser.print_usage(sys.stderr)
         print("error: nothing to do (use --write-tiny-assets)", file=sys.stderr)
+        return 2
+    if args.out is None:
+        print("error: --out DIR is required (the package's assets/tiny holds the trained default)", file=sys.stderr)
         return 2
     try:
         out = write_tiny_assets(args.out, args.seed)

@@ -156,14 +156,32 @@ def test_official_style_config_json_builds_the_official_architecture(tmp_path):
 
 
 def test_tiny_asset_script_regenerates_the_shipped_files(tmp_path):
-    """`python -m ros2_spatial_mllm.model.presets --write-tiny-assets` is deterministic: tokenizer,
-    template, processor and model config files come out byte-identical; weights have the same keys."""
+    """`python -m ros2_spatial_mllm.model.presets --write-tiny-assets --out DIR` is deterministic:
+    tokenizer, template and processor files come out byte-identical to the shipped ones; the
+    shipped trained default differs from the preset only by its 4-layer LLM."""
     from ros2_spatial_mllm.model.presets import main
 
     assert main(["--write-tiny-assets", "--out", str(tmp_path)]) == 0
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
-                 "preprocessor_config.json", "video_preprocessor_config.json", "config.json"):
+                 "preprocessor_config.json", "video_preprocessor_config.json"):
         assert (tmp_path / name).read_bytes() == (TINY_ASSETS_DIR / name).read_bytes(), name
+    fresh = json.loads((tmp_path / "config.json").read_text())
+    shipped = json.loads((TINY_ASSETS_DIR / "config.json").read_text())
+    assert fresh["text_config"]["num_hidden_layers"] == 2 and shipped["text_config"]["num_hidden_layers"] == 4
+    for cfg in (fresh, shipped):
+        cfg["text_config"].pop("num_hidden_layers"), cfg["text_config"].pop("layer_types", None)
+    assert fresh == shipped
     new = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
     old = json.loads((TINY_ASSETS_DIR / "model.safetensors.index.json").read_text())["weight_map"]
-    assert new.keys() == old.keys()
+    extra = set(old) - set(new)
+    assert set(new) <= set(old) and extra
+    assert all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in extra)
+
+
+def test_tiny_asset_script_never_writes_into_the_package_by_default(capsys):
+    from ros2_spatial_mllm.model.presets import main
+
+    before = (TINY_ASSETS_DIR / "model-00001-of-00001.safetensors").stat().st_mtime_ns
+    assert main(["--write-tiny-assets"]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert (TINY_ASSETS_DIR / "model-00001-of-00001.safetensors").stat().st_mtime_ns == before

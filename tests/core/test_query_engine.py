@@ -114,11 +114,15 @@ def test_no_frames_and_empty_window(model):
     eng.shutdown(close_model=False)
 
 
-def test_answer_space_aware_with_streaming_stages_and_latency(engine, scene_frames):
+def test_answer_space_aware_with_streaming_stages_and_latency(engine, model, scene_frames):
     pieces, stages = [], []
-    out = engine.ask(QueryRequest("How many red boxes are in the room?", num_frames=4, max_new_tokens=6,
-                                  t_start_ns=101 * S, t_end_ns=110 * S),
-                     on_token=pieces.append, on_stage=stages.append)
+    model.eos_ids, saved = [], model.eos_ids  # the full token budget (the trained default stops early)
+    try:
+        out = engine.ask(QueryRequest("How many red boxes are in the room?", num_frames=4, max_new_tokens=6,
+                                      t_start_ns=101 * S, t_end_ns=110 * S),
+                         on_token=pieces.append, on_stage=stages.append)
+    finally:
+        model.eos_ids = saved
     assert out.code == ErrorCode.OK and out.success, out.message
     assert out.sampling == "space_aware" and 0 < out.coverage <= 1
     assert len(out.frame_stamps_ns) == 4 and out.frame_stamps_ns == sorted(out.frame_stamps_ns)

@@ -1,0 +1,102 @@
+"""Ground-truth voxel coverage of the frames each sampler picks: is a model's geometry good enough
+for space-aware sampling?
+
+    python -m training.sampling_coverage --model runs/tiny_default/cached_sft/final --data runs/data/tiny_frames
+    python -m training.sampling_coverage --preset tiny --data DIR --scenes 2   # tiny CPU run, any rendered split
+
+For each of the first --scenes videos of --split: voxelise every frame from the renderer's depth
+and poses (the truth), then pick --frames frames three ways: uniformly; by space-aware sampling
+on that sensor geometry (what training's `mixed` frame sets and a robot with a depth camera get);
+by space-aware sampling on the model's own predicted depth and cameras over --candidates uniform
+candidates (what evaluation and a camera-only robot get). Each pick is scored by the fraction of
+the video's true voxels (the sampler's own grid) its frames see. Prints one JSON object with the
+mean per sampler; scenes must have been rendered with save_depth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def true_frame_voxels(scene_dir: Path, frame_ids: list[int]) -> list:
+    """FrameVoxels per frame from the renderer's depth PNGs (mm) and camera_from_world poses."""
+    import cv2
+
+    from ros2_spatial_mllm.sampling import frame_voxels_from_depth
+
+    cams = json.loads((scene_dir / "cameras.json").read_text())
+    kmat = np.asarray(cams["intrinsics"], np.float64)
+    return [frame_voxels_from_depth(cv2.imread(str(scene_dir / "depth" / f"{f:06d}.png"), cv2.IMREAD_UNCHANGED), kmat,
+                                    camera_from_world=np.asarray(cams["camera_from_world"][f]), depth_scale=0.001,
+                                    pixel_stride=4) for f in frame_ids]
+
+
+def coverage_of(voxels: list, chosen: list[int]) -> float:
+    """Fraction of the union of all frames' voxels seen by the `chosen` positions, on the grid
+    space_aware_sample queries (the reference's bbox-relative voxel size)."""
+    from ros2_spatial_mllm.sampling.space_aware import BBOX_DIVISIONS, _query_factor
+
+    factor = _query_factor(voxels, None, BBOX_DIVISIONS)
+    keys = [np.asarray(v.keys_at(factor)).reshape(-1) for v in voxels]
+    total = np.unique(np.concatenate(keys)).size
+    seen = np.unique(np.concatenate([keys[i] for i in chosen])).size if chosen else 0
+    return seen / total if total else 0.0
+
+
+def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int = 8, candidates: int = 32) -> dict:
+    """Mean ground-truth coverage per sampler over the first `scenes` videos of the split."""
+    from ros2_spatial_mllm.sampling import predict_frame_voxels, space_aware_sample, uniform_sample
+    from training.data.dataset import read_jsonl
+    from training.evaluate import load_frames
+
+    result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": []}
+    seen = set()
+    for row in read_jsonl(data_dir / f"{split}.jsonl"):
+        path = row.get("frames_path")
+        if not path or path in seen or row.get("family", "vsibench") != "vsibench":
+            continue
+        seen.add(path)
+        ids = [int(i) for i in row["frame_indices"]]
+        truth = true_frame_voxels((data_dir / path).parent, ids)
+        result["uniform"].append(coverage_of(truth, list(uniform_sample(len(ids), k))))
+        result["space_aware_sensor"].append(coverage_of(truth, space_aware_sample(truth, k).indices))
+        cand = list(uniform_sample(len(ids), min(candidates, len(ids))))
+        frames = np.stack(load_frames(data_dir, path, [ids[c] for c in cand]))
+        picked = space_aware_sample(predict_frame_voxels(model, frames), k).indices
+        result["space_aware_model"].append(coverage_of(truth, [cand[i] for i in picked]))
+        if len(seen) >= scenes:
+            break
+    if not seen:
+        raise ValueError(f"{data_dir / (split + '.jsonl')}: no VSI-Bench videos")
+    return {"scenes": len(seen), "frames": k, "candidates": candidates,
+            **{name: round(float(np.mean(v)), 4) for name, v in result.items()}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local checkpoint directory (its spatial encoder predicts the geometry)")
+    src.add_argument("--preset", choices=["tiny"], help="embedded preset (tiny: the bundled trained default)")
+    p.add_argument("--data", required=True, help="dataset directory written by the data engine (with depth)")
+    p.add_argument("--split", default="test", help="split name: DATA/<split>.jsonl")
+    p.add_argument("--scenes", type=int, default=30, help="videos to score")
+    p.add_argument("--frames", type=int, default=8, help="frames each sampler picks")
+    p.add_argument("--candidates", type=int, default=32, help="uniform candidates the model's geometry sees")
+    args = p.parse_args(argv)
+    try:
+        from ros2_spatial_mllm.inference import SpatialMLLM
+
+        model = SpatialMLLM.load(args.model, preset=args.preset or "tiny")
+        print(json.dumps(measure(model, Path(args.data), args.split, args.scenes, args.frames, args.candidates)))
+    except Exception as exc:  # one line, no traceback
+        print(f"sampling_coverage: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
