@@ -49,6 +49,33 @@ def live_node(client_node, module_node_factory):
     assert proc.alive(), proc.log()
 
 
+@pytest.fixture(scope="module")
+def long_node(client_node, module_node_factory, tmp_path_factory):
+    """A second node (own topic) on the tiny preset's seeded random weights, loaded by
+    `model_path`: they never emit end-of-sequence, so "Describe the room." runs to its 512-token
+    budget and the cancel and queue tests have a long goal to act on (the trained default
+    answers in a few tokens)."""
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image
+
+    from ros2_spatial_mllm.model.presets import write_tiny_assets
+
+    weights = write_tiny_assets(tmp_path_factory.mktemp("tiny_random"))
+    proc = module_node_factory("long_node", params={
+        "model_path": str(weights), "autostart": True, "image_topic": "long/image", "geometry_source": "auto",
+        "num_frames": 4, "max_new_tokens": 6, "query_queue_size": 1, "diagnostics_period_s": 0.2,
+        "qos_reliability": "reliable", "qos_depth": 50})
+    assert wait_until(lambda: lifecycle_state(client_node, proc.fqn) == "active", 60.0), proc.log()
+    diag = DiagnosticsWatcher(client_node, proc.fqn)
+    pub = client_node.create_publisher(Image, "/long/image", QoSProfile(depth=50))
+    publish_and_wait(client_node, pub, [image_msg(i, s) for i, s in enumerate(STAMPS)])
+    assert wait_until(lambda: diag.value("input", "frames") == str(N_FRAMES), 15.0, client_node), diag.latest
+    yield proc
+    diag.close()
+    client_node.destroy_publisher(pub)
+    assert proc.alive(), proc.log()
+
+
 def test_bad_images_are_counted_and_survived(live_node):
     proc, diag = live_node
     assert diag.value("input", "dropped_decode_error") == "3"
@@ -165,11 +192,11 @@ def test_action_streams_feedback_and_returns_result(client_node, live_node):
     client.destroy()
 
 
-def test_action_cancel_between_tokens(client_node, live_node):
+def test_action_cancel_between_tokens(client_node, long_node):
     """Cancel right after the first token: the goal ends CANCELED long before 512 tokens."""
     import rclpy
     from action_msgs.msg import GoalStatus
-    proc, _ = live_node
+    proc = long_node
     feedback: list = []
     client, handle = _send_goal(client_node, proc.fqn, feedback, question="Describe the room.",
                                 max_new_tokens=512, num_frames=4)
@@ -185,11 +212,11 @@ def test_action_cancel_between_tokens(client_node, live_node):
     assert ask(client_node, proc.fqn, "Still there?").success  # the node keeps serving
 
 
-def test_busy_when_queue_full(client_node, live_node):
+def test_busy_when_queue_full(client_node, long_node):
     """A long goal runs; of four concurrent service calls one waits (queue size 1) and is answered,
     the others are answered BUSY at once."""
     from ros2_spatial_mllm.srv import AskSpatial
-    proc, _ = live_node
+    proc = long_node
     feedback: list = []
     client, handle = _send_goal(client_node, proc.fqn, feedback, question="Describe the room.",
                                 max_new_tokens=512, num_frames=4)

@@ -67,11 +67,22 @@ def test_missing_then_half_written_then_good_model_dir(ros_client, node_factory,
     assert "activate failed" in proc.log()
 
 
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """The tiny preset's seeded random weights: they never emit end-of-sequence, so a 512-token
+    goal really decodes 512 tokens (the trained default answers in a few) and a deactivate can
+    land mid-query."""
+    from ros2_spatial_mllm.model.presets import write_tiny_assets
+
+    return write_tiny_assets(tmp_path_factory.mktemp("tiny_random"))
+
+
 @pytest.fixture
-def camera_node(ros_client, node_factory):
+def camera_node(ros_client, node_factory, random_weights):
     """A node on /camera/image_raw (the bag's topic), reliable QoS, model-head geometry."""
     proc = node_factory("stream_faults", autostart=True, image_topic="/camera/image_raw", num_frames=4,
-                        max_new_tokens=4, qos_reliability="reliable", qos_depth=50, diagnostics_period_s=0.2)
+                        max_new_tokens=4, qos_reliability="reliable", qos_depth=50, diagnostics_period_s=0.2,
+                        model_path=str(random_weights))
     assert ros_client.wait_active(proc.fqn, 180.0), proc.log()[-2000:]
     return proc, Diagnostics(ros_client, proc.fqn)
 
