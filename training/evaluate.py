@@ -8,12 +8,15 @@ Tiny CPU run (embedded tiny preset, 2 questions)::
 Full form::
 
     spatial-mllm-eval --model DIR|--preset tiny --data DIR --split test [--num-frames 16]
-                      [--sampling space_aware|uniform] [--device cpu|cuda] [--limit N] --out DIR
+                      [--sampling space_aware|space_aware_sensor|uniform] [--device cpu|cuda] [--limit N] --out DIR
 
 Reads ``DIR/<split>.jsonl`` (rows of training/data/dataset.py). VSI-Bench rows (whole-video
 questions) get ``--num-frames`` frames chosen by the sampler (space-aware: one
 ``predict_geometry`` pass over up to 128 linspace candidates, then voxel max-coverage, cached per
-video); MultiSPA rows use exactly their frame pair. Writes predictions.jsonl and
+video; the node's ``geometry_source: model``); space_aware_sensor: the same voxel max-coverage over
+the scene's rendered depth and camera poses (a robot with a depth camera and TF; the node's
+``geometry_source: sensor``; scenes rendered with save_depth); MultiSPA rows use exactly their
+frame pair. Writes predictions.jsonl and
 results.{md,json,png} (training/eval/tables.py) into ``--out``.
 """
 from __future__ import annotations
@@ -36,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory written by spatial-mllm-data generate")
     p.add_argument("--split", default="test", help="split name: DATA/<split>.jsonl")
     p.add_argument("--num-frames", type=int, default=16, help="frames per video question")
-    p.add_argument("--sampling", choices=["space_aware", "uniform"], default="space_aware", help="frame sampler")
+    p.add_argument("--sampling", choices=["space_aware", "space_aware_sensor", "uniform"], default="space_aware",
+                   help="frame sampler: space_aware on the model's predicted geometry, space_aware_sensor on the "
+                        "scene's depth + poses, or uniform")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget per answer")
@@ -76,6 +81,7 @@ class FrameSelector:
 
     def select(self, frames_path: str, indices: Sequence[int]) -> List[int]:
         from ros2_spatial_mllm.sampling import candidate_indices, predict_frame_voxels, space_aware_sample, uniform_sample
+        from training.data.dataset import has_sensor_geometry, sensor_frame_voxels
         key = (frames_path, tuple(indices))
         if key not in self._cache:
             if len(indices) <= self.k:
@@ -84,9 +90,15 @@ class FrameSelector:
                 chosen = [indices[i] for i in uniform_sample(len(indices), self.k)]
             else:
                 cands = [indices[i] for i in candidate_indices(len(indices))]
-                frames = np.stack(load_frames(self.data_dir, frames_path, cands))
-                result = space_aware_sample(predict_frame_voxels(self.model, frames), self.k)
-                chosen = [cands[i] for i in result.indices]
+                if self.method == "space_aware_sensor":
+                    scene = (self.data_dir / frames_path).parent
+                    if not has_sensor_geometry(scene):
+                        raise FileNotFoundError(f"{scene}: no depth/ or cameras.json (render with save_depth) "
+                                                "for --sampling space_aware_sensor")
+                    voxels = sensor_frame_voxels(scene, cands)
+                else:
+                    voxels = predict_frame_voxels(self.model, np.stack(load_frames(self.data_dir, frames_path, cands)))
+                chosen = [cands[i] for i in space_aware_sample(voxels, self.k).indices]
             self._cache[key] = chosen
         return self._cache[key]
 

@@ -47,11 +47,15 @@ def camera_loss(pred: torch.Tensor | list[torch.Tensor], gt: torch.Tensor, kind:
 
 
 def depth_loss(pred_depth: torch.Tensor, conf: torch.Tensor, gt_depth: torch.Tensor,
-               valid: torch.Tensor | None = None, alpha: float = 0.2, grad_weight: float = 1.0) -> dict[str, torch.Tensor]:
+               valid: torch.Tensor | None = None, alpha: float = 0.2, grad_weight: float = 1.0,
+               relative: bool = False) -> dict[str, torch.Tensor]:
     """Confidence-weighted (aleatoric) depth loss.
 
     pred_depth [B, S, H, W] or [B, S, H, W, 1]; conf [B, S, H, W] (> 0); gt_depth [B, S, H, W];
-    valid [B, S, H, W] bool (default gt > 0). Returns {'loss', 'depth_l1', 'depth_grad', 'conf_mean'}."""
+    valid [B, S, H, W] bool (default gt > 0). relative: residuals divided by the true depth, so the
+    confidence ranks pixels by relative error (far walls are not ranked below near objects for
+    the larger absolute error every depth estimate has at range; the space-aware sampler keeps
+    only the upper half of the confidences). Returns {'loss', 'depth_l1', 'depth_grad', 'conf_mean'}."""
     if pred_depth.dim() == 5:
         pred_depth = pred_depth[..., 0]
     pred_depth, conf, gt_depth = pred_depth.float(), conf.float(), gt_depth.float()
@@ -60,9 +64,12 @@ def depth_loss(pred_depth: torch.Tensor, conf: torch.Tensor, gt_depth: torch.Ten
     valid = valid.float()
     n_valid = valid.sum().clamp_min(1.0)
     err = (pred_depth - gt_depth).abs()
-    reg = (conf * err * valid).sum() / n_valid
+    scale = gt_depth.clamp_min(0.1) if relative else None
+    reg = (conf * (err if scale is None else err / scale) * valid).sum() / n_valid
     # gradients of the residual along W and H, only where both neighbours are valid
     res = pred_depth - gt_depth
+    if scale is not None:
+        res = res / scale
     gx_valid = valid[..., :, 1:] * valid[..., :, :-1]
     gy_valid = valid[..., 1:, :] * valid[..., :-1, :]
     gx = (res[..., :, 1:] - res[..., :, :-1]).abs()

@@ -116,7 +116,7 @@ def geometry_step_loss(vggt: torch.nn.Module, batch: dict, image_hw: tuple[int, 
     pred_enc = out.get("pose_enc_list") or out["pose_enc"]
     cam = camera_loss(pred_enc, gt_enc, kind=cfg.get("camera_loss", "huber"), gamma=cfg.get("camera_gamma", 0.6))
     dep = depth_loss(out["depth"], out["depth_conf"], batch["depth"], alpha=cfg.get("depth_alpha", 0.2),
-                     grad_weight=cfg.get("depth_grad_weight", 1.0))
+                     grad_weight=cfg.get("depth_grad_weight", 1.0), relative=bool(cfg.get("depth_relative", False)))
     loss = cfg.get("camera_weight", 1.0) * cam["loss"] + cfg.get("depth_weight", 1.0) * dep["loss"]
     extra = {}
     if probe is not None:

@@ -194,29 +194,19 @@ _VOXEL_CACHE: dict[tuple, list] = {}
 
 def _sensor_space_aware(rec: dict, data_cfg: dict, k: int) -> list[int] | None:
     """Positions (into the record's frame list) picked by space-aware sampling from sensor depth."""
-    import cv2
-
-    from ros2_spatial_mllm.sampling import candidate_indices, frame_voxels_from_depth, space_aware_sample
+    from ros2_spatial_mllm.sampling import candidate_indices, space_aware_sample
+    from training.data.dataset import has_sensor_geometry, sensor_frame_voxels
 
     if not rec.get("frames_path"):
         return None
-    scene = Path(data_cfg.get("root") or rec.get("_root", ".")) / rec["frames_path"]
-    scene = scene.parent
+    scene = (Path(data_cfg.get("root") or rec.get("_root", ".")) / rec["frames_path"]).parent
     idx = rec.get("frame_indices") or list(range(int(rec.get("num_frames", 0))))
-    if not (scene / "depth").is_dir() or not (scene / "cameras.json").is_file():
+    if not has_sensor_geometry(scene):
         return None
     cand = candidate_indices(len(idx))
     key = (str(scene), tuple(idx[c] for c in cand))
     if key not in _VOXEL_CACHE:
-        cams = json.loads((scene / "cameras.json").read_text())
-        kmat = np.asarray(cams["intrinsics"], np.float64)
-        voxels = []
-        for c in cand:
-            f = int(idx[c])
-            depth = cv2.imread(str(scene / "depth" / f"{f:06d}.png"), cv2.IMREAD_UNCHANGED)
-            voxels.append(frame_voxels_from_depth(depth, kmat, camera_from_world=np.asarray(cams["camera_from_world"][f]),
-                                                  depth_scale=0.001, pixel_stride=4))
-        _VOXEL_CACHE[key] = voxels
+        _VOXEL_CACHE[key] = sensor_frame_voxels(scene, [idx[c] for c in cand])
     result = space_aware_sample(_VOXEL_CACHE[key], k)
     return sorted(cand[i] for i in result.indices)
 

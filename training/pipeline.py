@@ -202,9 +202,10 @@ def report(results: dict, out: Path, header: str) -> dict:
             for key in ("vsibench", "all_tasks"):
                 if macros[r][key] is not None and macros["prior_baseline"][key] is not None:
                     checks[f"{r}_minus_prior_{key}_points"] = round(100 * (macros[r][key] - macros["prior_baseline"][key]), 2)
-    if "space_aware" in macros and "uniform" in macros and macros["uniform"]["vsibench"] is not None:
-        checks["space_aware_minus_uniform_vsibench_points"] = round(
-            100 * (macros["space_aware"]["vsibench"] - macros["uniform"]["vsibench"]), 2)
+    for sa in ("space_aware", "space_aware_sensor"):
+        if sa in macros and "uniform" in macros and macros["uniform"]["vsibench"] is not None:
+            checks[f"{sa}_minus_uniform_vsibench_points"] = round(
+                100 * (macros[sa]["vsibench"] - macros["uniform"]["vsibench"]), 2)
     lines += ["", "Checks (points): " + ", ".join(f"{k} = {v}" for k, v in checks.items())]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -10,7 +10,8 @@ on that sensor geometry (what training's `mixed` frame sets and a robot with a d
 by space-aware sampling on the model's own predicted depth and cameras over --candidates uniform
 candidates (what evaluation and a camera-only robot get). Each pick is scored by the fraction of
 the video's true voxels (the sampler's own grid) its frames see. Prints one JSON object with the
-mean per sampler; scenes must have been rendered with save_depth.
+mean per sampler, and the mean camera-position and depth errors of the model's geometry; scenes
+must have been rendered with save_depth.
 """
 from __future__ import annotations
 
@@ -20,19 +21,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-
-def true_frame_voxels(scene_dir: Path, frame_ids: list[int]) -> list:
-    """FrameVoxels per frame from the renderer's depth PNGs (mm) and camera_from_world poses."""
-    import cv2
-
-    from ros2_spatial_mllm.sampling import frame_voxels_from_depth
-
-    cams = json.loads((scene_dir / "cameras.json").read_text())
-    kmat = np.asarray(cams["intrinsics"], np.float64)
-    return [frame_voxels_from_depth(cv2.imread(str(scene_dir / "depth" / f"{f:06d}.png"), cv2.IMREAD_UNCHANGED), kmat,
-                                    camera_from_world=np.asarray(cams["camera_from_world"][f]), depth_scale=0.001,
-                                    pixel_stride=4) for f in frame_ids]
 
 
 def coverage_of(voxels: list, chosen: list[int]) -> float:
@@ -47,13 +35,38 @@ def coverage_of(voxels: list, chosen: list[int]) -> float:
     return seen / total if total else 0.0
 
 
+def geometry_errors(prediction: dict, scene_dir: Path, frame_ids: list[int]) -> dict:
+    """Mean camera-position error (metres; both trajectories relative to the first frame) and mean
+    absolute depth error (metres, valid pixels, truth resized to the model's resolution) of one
+    `SpatialMLLM.predict_geometry` output against the renderer's truth for those frame ids."""
+    import cv2
+
+    cams = json.loads((scene_dir / "cameras.json").read_text())
+    truth = [np.linalg.inv(np.asarray(cams["camera_from_world"][f], np.float64)) for f in frame_ids]  # world_from_cam
+    first = np.linalg.inv(truth[0])                                       # cam0_from_world
+    true_centres = np.stack([(first @ t)[:3, 3] for t in truth])          # [N, 3] in camera 0's frame
+    ext = np.asarray(prediction["extrinsics"], np.float64)                # [N, 3, 4] cam_from_cam0
+    pred_centres = -np.einsum("nji,nj->ni", ext[:, :, :3], ext[:, :, 3])  # -R^T t
+    depth = np.asarray(prediction["depth"], np.float32)                   # [N, h, w]
+    errs = []
+    for f, d in zip(frame_ids, depth):
+        gt = cv2.imread(str(scene_dir / "depth" / f"{f:06d}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) * 1e-3
+        gt = cv2.resize(gt, (d.shape[1], d.shape[0]), interpolation=cv2.INTER_NEAREST)
+        valid = gt > 0
+        errs.append(np.abs(d - gt)[valid].mean() if valid.any() else 0.0)
+    return {"camera_position_error_m": float(np.linalg.norm(pred_centres - true_centres, axis=-1).mean()),
+            "depth_abs_error_m": float(np.mean(errs))}
+
+
 def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int = 8, candidates: int = 32) -> dict:
-    """Mean ground-truth coverage per sampler over the first `scenes` videos of the split."""
-    from ros2_spatial_mllm.sampling import predict_frame_voxels, space_aware_sample, uniform_sample
-    from training.data.dataset import read_jsonl
+    """Mean ground-truth coverage per sampler over the first `scenes` videos of the split, and the
+    mean geometry errors of the model's prediction over the candidates."""
+    from ros2_spatial_mllm.sampling import frame_voxels_from_prediction, space_aware_sample, uniform_sample
+    from training.data.dataset import read_jsonl, sensor_frame_voxels
     from training.evaluate import load_frames
 
-    result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": []}
+    result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": [], "camera_position_error_m": [],
+              "depth_abs_error_m": []}
     seen = set()
     for row in read_jsonl(data_dir / f"{split}.jsonl"):
         path = row.get("frames_path")
@@ -61,12 +74,15 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
             continue
         seen.add(path)
         ids = [int(i) for i in row["frame_indices"]]
-        truth = true_frame_voxels((data_dir / path).parent, ids)
+        truth = sensor_frame_voxels((data_dir / path).parent, ids)
         result["uniform"].append(coverage_of(truth, list(uniform_sample(len(ids), k))))
         result["space_aware_sensor"].append(coverage_of(truth, space_aware_sample(truth, k).indices))
         cand = list(uniform_sample(len(ids), min(candidates, len(ids))))
         frames = np.stack(load_frames(data_dir, path, [ids[c] for c in cand]))
-        picked = space_aware_sample(predict_frame_voxels(model, frames), k).indices
+        prediction = model.predict_geometry(frames)
+        picked = space_aware_sample(frame_voxels_from_prediction(prediction), k).indices
+        for name, value in geometry_errors(prediction, (data_dir / path).parent, [ids[c] for c in cand]).items():
+            result[name].append(value)
         result["space_aware_model"].append(coverage_of(truth, [cand[i] for i in picked]))
         if len(seen) >= scenes:
             break

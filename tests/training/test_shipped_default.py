@@ -66,11 +66,12 @@ def test_trained_default_beats_the_answer_prior_on_unseen_scenes(held_out, tmp_p
 def test_sampling_coverage_scores_each_sampler_against_the_true_geometry(held_out):
     from ros2_spatial_mllm.inference import SpatialMLLM
     from ros2_spatial_mllm.sampling import space_aware_sample
-    from training.sampling_coverage import coverage_of, measure, true_frame_voxels
+    from training.data.dataset import sensor_frame_voxels
+    from training.sampling_coverage import coverage_of, measure
 
     root, rows = held_out
     ids = [int(i) for i in rows[0]["frame_indices"]]
-    truth = true_frame_voxels((root / rows[0]["frames_path"]).parent, ids)
+    truth = sensor_frame_voxels((root / rows[0]["frames_path"]).parent, ids)
     assert coverage_of(truth, list(range(len(ids)))) == 1.0 and coverage_of(truth, []) == 0.0
     assert 0.0 < coverage_of(truth, [0]) < coverage_of(truth, space_aware_sample(truth, 8).indices) < 1.0
     model = SpatialMLLM.load()
@@ -83,3 +84,27 @@ def test_sampling_coverage_scores_each_sampler_against_the_true_geometry(held_ou
         assert 0.0 < got[name] < 1.0, (name, got)
     # greedy max-coverage on the true voxels covers more than evenly spaced frames
     assert got["space_aware_sensor"] > got["uniform"], got
+    assert got["camera_position_error_m"] > 0.0 and got["depth_abs_error_m"] > 0.0, got
+
+
+def test_geometry_errors_are_zero_for_the_true_geometry(held_out):
+    import cv2
+    import numpy as np
+
+    from training.sampling_coverage import geometry_errors
+
+    root, rows = held_out
+    scene = (root / rows[0]["frames_path"]).parent
+    ids = [int(i) for i in rows[0]["frame_indices"]][::4]
+    cams = json.loads((scene / "cameras.json").read_text())
+    cam_from_world = [np.asarray(cams["camera_from_world"][f], np.float64) for f in ids]
+    first_inv = np.linalg.inv(cam_from_world[0])
+    depth = np.stack([cv2.imread(str(scene / "depth" / f"{f:06d}.png"), cv2.IMREAD_UNCHANGED) for f in ids]) * 1e-3
+    truth = {"extrinsics": np.stack([(c @ first_inv)[:3] for c in cam_from_world]), "depth": depth}
+    got = geometry_errors(truth, scene, ids)
+    assert got["camera_position_error_m"] < 1e-4 and got["depth_abs_error_m"] < 1e-3, got
+    # a trajectory shifted by 1 m (camera centres move by +1 m along x) is 1 m off on every frame but the first
+    shifted = dict(truth, extrinsics=truth["extrinsics"].copy())
+    shifted["extrinsics"][1:, :, 3] -= shifted["extrinsics"][1:, :, :3] @ np.array([1.0, 0.0, 0.0])
+    got = geometry_errors(shifted, scene, ids)
+    assert abs(got["camera_position_error_m"] - (len(ids) - 1) / len(ids)) < 1e-4, got

@@ -40,6 +40,22 @@ def test_depth_loss_confidence_tradeoff():
     assert masked["depth_l1"] == 0.0
 
 
+def test_relative_depth_loss_ranks_errors_by_distance():
+    # a wall at 10 m off by 1 m and an object at 1 m off by 0.1 m: equal relative error
+    gt = torch.tensor([10.0, 1.0]).reshape(1, 1, 1, 2)
+    pred = torch.tensor([11.0, 1.1]).reshape(1, 1, 1, 2)
+    conf = torch.ones_like(gt)
+    absolute = depth_loss(pred, conf, gt, alpha=0.0, grad_weight=0.0)
+    relative = depth_loss(pred, conf, gt, alpha=0.0, grad_weight=0.0, relative=True)
+    assert abs(float(absolute["loss"]) - 0.55) < 1e-5 and abs(float(relative["loss"]) - 0.1) < 1e-5
+    assert abs(float(relative["depth_l1"]) - 0.55) < 1e-5  # the reported L1 stays in metres
+    # the confidence that minimises each pixel's cost (conf * e - alpha * log conf -> alpha / e) is
+    # then the same for both pixels: the gradients on conf agree
+    conf = torch.full_like(gt, 2.0).requires_grad_(True)
+    depth_loss(pred, conf, gt, alpha=0.2, grad_weight=0.0, relative=True)["loss"].backward()
+    assert torch.allclose(conf.grad[..., 0], conf.grad[..., 1], atol=1e-6)
+
+
 def test_geometry_overfits_a_clip_and_trains_only_vggt(tmp_path):
     from training.model_io import build_model
 

@@ -62,3 +62,31 @@ def record_extra(row: Dict) -> Dict:
     """The decoded ``extra_json`` of a row (image size for pixel answers, categories, ...)."""
     raw = row.get("extra_json") or row.get("extra") or "{}"
     return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+def has_sensor_geometry(scene_dir: str | Path) -> bool:
+    """True when the scene was rendered with depth (``depth/*.png``) and ``cameras.json``."""
+    scene_dir = Path(scene_dir)
+    return (scene_dir / "depth").is_dir() and (scene_dir / "cameras.json").is_file()
+
+
+def sensor_frame_voxels(scene_dir: str | Path, frame_ids: Iterable[int], pixel_stride: int = 4) -> List:
+    """One FrameVoxels per frame id from the renderer's depth PNGs (uint16 mm) and its
+    camera_from_world poses: what a robot with a depth camera and TF gives the sampler
+    (the node's ``geometry_source: sensor``)."""
+    import cv2
+    import numpy as np
+
+    from ros2_spatial_mllm.sampling import frame_voxels_from_depth
+
+    scene_dir = Path(scene_dir)
+    cams = json.loads((scene_dir / "cameras.json").read_text())
+    kmat = np.asarray(cams["intrinsics"], np.float64)
+    out = []
+    for f in frame_ids:
+        depth = cv2.imread(str(scene_dir / "depth" / f"{int(f):06d}.png"), cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise FileNotFoundError(f"missing depth frame {scene_dir / 'depth' / f'{int(f):06d}.png'}")
+        out.append(frame_voxels_from_depth(depth, kmat, camera_from_world=np.asarray(cams["camera_from_world"][int(f)]),
+                                           depth_scale=0.001, pixel_stride=pixel_stride))
+    return out
