@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_backends.py --quick      # tiny CPU run
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_backends.py              # CPU table
     .venv/bin/python benchmarks/bench_backends.py --device cuda                 # + GPU section
+    python3 benchmarks/bench_backends.py --device cuda --gpu-only               # GPU section alone
 
 CPU section (every run): the tiny preset (random weights, fp32), one query of --frames frames
 at --height x --width; stages vision_encoder (Qwen ViT + merger), spatial_encoder (VGGT
@@ -127,6 +128,13 @@ def count_flops(fn: Callable) -> int:
     return int(counter.get_total_flops())
 
 
+def spatial_encoder_flops(frames: int, height: int, width: int, preset: str = "official") -> float:
+    """FLOPs of the spatial encoder alone (any multiple of 14; the 2D encoder needs 28)."""
+    model = build_model(preset, device="meta", dtype=torch.bfloat16)
+    x = torch.empty(1, frames, 3, height, width, device="meta", dtype=torch.bfloat16)
+    return count_flops(lambda: SpatialEncoderExport(model.spatial_encoder)(x))
+
+
 def official_flops(frames: int, height: int, width: int, text_tokens: int = 36,
                    preset: str = "official") -> dict:
     """FLOPs of the stages of one query (meta device: nothing is allocated)."""
@@ -195,8 +203,10 @@ GPU_SIZES = {"spatial": ((16, 336, 518), (16, 476, 644)), "query": (16, 476, 644
 
 
 def gpu_section(args, device: str = "cuda", preset: str = "official",
-                sizes: dict = GPU_SIZES) -> dict:
-    """Official-size stage timings on `device` (preset/sizes smaller only for the CPU smoke test)."""
+                sizes: dict = GPU_SIZES, progress: Path | None = None) -> dict:
+    """Official-size stage timings on `device` (preset/sizes smaller only for the CPU smoke test).
+    progress: a JSON file rewritten after every entry, so a run stopped at its time limit keeps
+    what it measured. The riskiest entry (compiled decode) runs last."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -207,6 +217,11 @@ def gpu_section(args, device: str = "cuda", preset: str = "official",
     backend = get_backend("torch", model)
     out = {"machine": machine_info(device), "gpu": name, "peak_bf16_tflops": peak,
            "hbm_tb_per_s": bandwidth, "preset": f"{preset} (random weights)", "dtype": "bf16"}
+
+    def report(label):
+        print(label, out[label], flush=True)
+        if progress is not None:
+            progress.write_text(json.dumps(out, indent=2))
 
     def measure(label, fn, flops=None):
         if cuda:
@@ -221,12 +236,12 @@ def gpu_section(args, device: str = "cuda", preset: str = "official",
             entry["floor_ms"] = round(flops / (peak * 1e12) * 1e3, 2)
             entry["x_floor"] = round(ms / entry["floor_ms"], 2)
         out[label] = entry
-        print(label, entry, flush=True)
+        report(label)
 
     with torch.inference_mode():
         for frames, h, w in sizes["spatial"]:
             x = torch.rand(1, frames, 3, h, w, device=dev, dtype=dtype)
-            flops = official_flops(frames, h, w, preset=preset)["flops"]["spatial_encoder"]
+            flops = spatial_encoder_flops(frames, h, w, preset=preset)  # 518 = 37 patches: 14, not 28
             measure(f"spatial_encoder_{frames}f_{h}x{w}", lambda: backend.spatial_encoder(x), flops)
         frames, h, w = sizes["query"]
         paper = official_flops(frames, h, w, preset=preset)
@@ -240,25 +255,31 @@ def gpu_section(args, device: str = "cuda", preset: str = "official",
             ids, backend.fuse_video(x), grid, GenerationSettings(max_new_tokens=1)),
             paper["flops"]["prefill_total"])
         weight_bytes = 2 * paper["llm_params"]
-        decoders = [("decode_eager", decoder)]
-        if cuda:
-            decoders.append(("decode_static_compiled", LLMDecoder(
-                model, static_cache=True, compile_decode=True,
-                max_cache_len=ids.shape[1] + sizes["new_tokens"] + 32)))
-        for label, dec in decoders:
-            runs = [dec.generate(ids, fused, grid,
-                                 GenerationSettings(max_new_tokens=sizes["new_tokens"]))
-                    for _ in range(3)]  # the first runs compile / warm up
-            out[label] = {"tokens_per_s": round(runs[-1].decode_tokens_per_s, 1),
-                          "bandwidth_ceiling_tokens_per_s":
-                              round(bandwidth * 1e12 / weight_bytes, 1) if bandwidth else None}
-            print(label, out[label], flush=True)
+        ceiling = round(bandwidth * 1e12 / weight_bytes, 1) if bandwidth else None
         frames, h, w = sizes["candidates"]
         candidates = torch.rand(1, frames, 3, h, w, device=dev, dtype=dtype)
         label = f"reference_sampling_{frames}f_{h}x{w}"
         measure(label, lambda: model.spatial_encoder.vggt_model(candidates))  # heads chunked
-    out["incremental_pick_ms"] = incremental_pick_ms(args.repeats, frames, h, w)
-    out["sampling_speedup"] = round(out[label]["ms"] / out["incremental_pick_ms"], 1)
+        del candidates
+        out["incremental_pick_ms"] = incremental_pick_ms(args.repeats, frames, h, w)
+        out["sampling_speedup"] = round(out[label]["ms"] / out["incremental_pick_ms"], 1)
+        report("sampling_speedup")
+        decoders = [("decode_eager", lambda: decoder)]
+        if cuda:
+            decoders.append(("decode_static_compiled", lambda: LLMDecoder(
+                model, static_cache=True, compile_decode=True,
+                max_cache_len=ids.shape[1] + sizes["new_tokens"] + 32)))
+        for key, make in decoders:
+            try:
+                dec = make()
+                runs = [dec.generate(ids, fused, grid,
+                                     GenerationSettings(max_new_tokens=sizes["new_tokens"]))
+                        for _ in range(3)]  # the first runs compile / warm up
+                out[key] = {"tokens_per_s": round(runs[-1].decode_tokens_per_s, 1),
+                             "bandwidth_ceiling_tokens_per_s": ceiling}
+            except Exception as exc:  # a failed decode path is a result to report, not a crash
+                out[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            report(key)
     return out
 
 
@@ -294,6 +315,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda adds the official-size GPU section (needs a CUDA GPU)")
     p.add_argument("--quick", action="store_true", help="2 repeats, 4 frames, no FLOP count")
+    p.add_argument("--gpu-only", action="store_true",
+                   help="with --device cuda: skip the CPU section (GPU time is the scarce one)")
     p.add_argument("--frames", type=int, default=8, help="frames per query (even)")
     p.add_argument("--height", type=int, default=224, help="frame height (multiple of 28)")
     p.add_argument("--width", type=int, default=308, help="frame width (multiple of 28)")
@@ -306,16 +329,17 @@ def main(argv=None) -> int:
         args.repeats, args.frames, args.new_tokens = 2, 4, 8
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cpu = cpu_section(args)
-    (out_dir / "backends_cpu.json").write_text(json.dumps(cpu, indent=2))
-    print(json.dumps({"stages": cpu["stages"], "ratio": cpu["ratio_torch_over_onnxruntime"]},
-                     indent=2))
+    if not (args.gpu_only and args.device == "cuda"):
+        cpu = cpu_section(args)
+        (out_dir / "backends_cpu.json").write_text(json.dumps(cpu, indent=2))
+        print(json.dumps({"stages": cpu["stages"], "ratio": cpu["ratio_torch_over_onnxruntime"]},
+                         indent=2))
     if args.device == "cuda":
         if not torch.cuda.is_available():
             print("bench_backends: --device cuda but no CUDA device; GPU section skipped",
                   file=sys.stderr)
             return 1
-        gpu = gpu_section(args)
+        gpu = gpu_section(args, progress=out_dir / "backends_gpu.json")
         (out_dir / "backends_gpu.json").write_text(json.dumps(gpu, indent=2))
     return 0
 

@@ -396,12 +396,16 @@ class QueryEngine:
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
                     if not is_out_of_memory(exc):
                         raise
-                    release_cached_memory()
-                    if len(picked) <= MIN_RETRY_FRAMES or tokens:
-                        return _error(ErrorCode.INTERNAL, f"out of memory with {len(picked)} frame(s): {exc}")
-                    log.warning("out of memory with %d frames; retrying with %d", len(picked), len(picked) // 2)
-                    picked = thin_frames(picked, len(picked) // 2)
-                    retried = len(picked)
+                    oom = str(exc)
+                    # the failed attempt's activations are still referenced by the traceback's
+                    # frames: free them before the retry allocates its own
+                    traceback.clear_frames(exc.__traceback__)
+                release_cached_memory()  # outside the except block, where the exception is gone
+                if len(picked) <= MIN_RETRY_FRAMES or tokens:
+                    return _error(ErrorCode.INTERNAL, f"out of memory with {len(picked)} frame(s): {oom}")
+                log.warning("out of memory with %d frames; retrying with %d", len(picked), len(picked) // 2)
+                picked = thin_frames(picked, len(picked) // 2)
+                retried = len(picked)
         if handle.cancel_requested:
             return _error(ErrorCode.CANCELLED, "query cancelled")
         if getattr(result, "cancelled", False) or time.monotonic() > handle.deadline:

@@ -79,18 +79,21 @@ def sample_group(model, prompt: dict, group_size: int, max_new_tokens: int, temp
     model = unwrap(model)
     was_training = model.training
     model.eval()
-    ids = torch.as_tensor(prompt["input_ids"])[None].repeat(group_size, 1)
-    mm = torch.as_tensor(prompt["mm_token_type_ids"])[None].repeat(group_size, 1)
-    grid = prompt["video_grid_thw"].repeat(group_size, 1)
-    fused = model.fuse_video(prompt["pixel_values_videos"], prompt["video_grid_thw"], prompt["spatial_pixel_values"][None])
+    dev = next(model.parameters()).device  # the encoded prompt is on the CPU, the model maybe not
+    ids = torch.as_tensor(prompt["input_ids"], device=dev)[None].repeat(group_size, 1)
+    mm = torch.as_tensor(prompt["mm_token_type_ids"], device=dev)[None].repeat(group_size, 1)
+    grid_one = prompt["video_grid_thw"].to(dev)
+    fused = model.fuse_video(prompt["pixel_values_videos"].to(dev), grid_one, prompt["spatial_pixel_values"].to(dev)[None])
     model.model.rope_deltas = None
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm, video_grid_thw=grid,
-                second_per_grid_ts=prompt["second_per_grid_ts"].repeat(group_size), use_cache=True, logits_to_keep=1,
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
+                video_grid_thw=grid_one.repeat(group_size, 1),
+                second_per_grid_ts=prompt["second_per_grid_ts"].to(dev).repeat(group_size), use_cache=True,
+                logits_to_keep=1,
                 mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(fused.repeat(group_size, 1),))})
     cache, logits = out.past_key_values, out.logits[:, -1]
-    finished = torch.zeros(group_size, dtype=torch.bool)
+    finished = torch.zeros(group_size, dtype=torch.bool, device=dev)
     tokens = []
-    eos = torch.tensor(eos_ids)
+    eos = torch.tensor(eos_ids, device=dev)
     for _ in range(max_new_tokens):
         probs = F.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
         nxt = torch.multinomial(probs, 1)[:, 0]
@@ -103,7 +106,7 @@ def sample_group(model, prompt: dict, group_size: int, max_new_tokens: int, temp
         cache, logits = out.past_key_values, out.logits[:, -1]
     model.model.rope_deltas = None
     model.train(was_training)
-    return torch.stack(tokens, 1)
+    return torch.stack(tokens, 1).cpu()  # [G, T]; rewards and masks are computed on the CPU
 
 
 def completion_mask(completions: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:

@@ -132,8 +132,8 @@ def patchify_video(frames: torch.Tensor, config: VideoProcessingConfig) -> Tuple
     tp, p, m = config.temporal_patch_size, config.patch_size, config.merge_size
     if frames.shape[0] % tp:
         frames = torch.cat([frames, frames[-1:].repeat(tp - frames.shape[0] % tp, 1, 1, 1)])
-    mean = torch.tensor(config.image_mean, dtype=frames.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(config.image_std, dtype=frames.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(config.image_mean, dtype=frames.dtype, device=frames.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.image_std, dtype=frames.dtype, device=frames.device).view(1, 3, 1, 1)
     x = (frames - mean) / std
     s, c, h, w = x.shape
     t, gh, gw = s // tp, h // p, w // p

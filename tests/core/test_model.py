@@ -128,6 +128,14 @@ def test_spatial_tokens_follow_qwen_video_token_order():
         assert torch.equal(vec[:, 1, :], torch.ones(4, 2))
 
 
+
+def test_patchify_keeps_frames_on_their_device():
+    """The torch backend patchifies frames where they are (a CUDA tensor on a GPU: the mean/std
+    must follow them; found on an H200). The meta device stands in for the GPU here."""
+    patches, grid = patchify_video(torch.rand(4, 3, 56, 84, device="meta"), VideoProcessingConfig())
+    assert patches.device.type == "meta" and patches.shape == (2 * 4 * 6, 3 * 2 * 14 * 14)
+    assert grid.tolist() == [[2, 4, 6]]
+
 def test_pad_frames_repeats_last_frame():
     x = torch.arange(3 * 2, dtype=torch.float32).reshape(1, 3, 2)
     padded = pad_frames_to_multiple(x, 2, dim=1)
