@@ -170,10 +170,14 @@ def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None
     if mode == "mixed" and rec is not None:
         # per question (stable hash of its id): uniform, space-aware, or uniform shifted by a third
         # or two thirds of the spacing; the whole-video questions of a scene then see several frame
-        # sets instead of one, and both of the samplers the model is evaluated with
+        # sets instead of one, and both of the samplers the model is evaluated with.
+        # data.space_aware_share (default 1/4: one of the four kinds) moves the space-aware share;
+        # the other kinds share the rest equally.
         import zlib
 
-        pick = zlib.crc32(str(rec.get("id", "")).encode()) % 4
+        h = zlib.crc32(str(rec.get("id", "")).encode())
+        share = float((data_cfg or {}).get("space_aware_share", 0.25))
+        pick = h % 4 if share == 0.25 else (1 if (h % 1000) < share * 1000 else (0, 2, 3)[(h // 1000) % 3])
         if pick == 1:
             return choose_frames(n, k, "space_aware", rec, data_cfg)
         if pick >= 2:

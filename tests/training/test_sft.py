@@ -153,3 +153,23 @@ def test_mixed_sampling_gives_each_question_one_of_four_frame_sets():
     # without depth the space-aware quarter falls back to uniform: uniform + two shifted sets
     assert len(picks) == 3
     assert choose_frames(32, 8, "mixed", {"id": "q7"}) == choose_frames(32, 8, "mixed", {"id": "q7"})
+
+
+def test_space_aware_share_moves_the_mix_and_keeps_the_default():
+    import zlib
+
+    from training.model_io import choose_frames
+
+    sa = [0, 2, 3, 10, 11, 20, 30, 31]  # a record's precomputed space-aware set (no depth needed)
+    recs = [{"id": f"q{i}", "space_aware_indices": sa} for i in range(400)]
+
+    def share(cfg):
+        return sum(choose_frames(32, 8, "mixed", r, cfg) == sa for r in recs) / len(recs)
+
+    # default: exactly the questions whose id hashes to 1 mod 4 (the shipped recipe's split)
+    assert [choose_frames(32, 8, "mixed", r, {}) == sa for r in recs] == \
+        [zlib.crc32(r["id"].encode()) % 4 == 1 for r in recs]
+    assert share({"space_aware_share": 1.0}) == 1.0 and share({"space_aware_share": 0.0}) == 0.0
+    assert 0.4 < share({"space_aware_share": 0.5}) < 0.6
+    rest = {tuple(choose_frames(32, 8, "mixed", r, {"space_aware_share": 0.0})) for r in recs}
+    assert len(rest) == 3          # uniform and the two shifted sets share the rest
