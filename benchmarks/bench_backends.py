@@ -141,7 +141,7 @@ def official_flops(frames: int, height: int, width: int, text_tokens: int = 36,
     model = build_model(preset, device="meta", dtype=torch.bfloat16)
     x = torch.empty(1, frames, 3, height, width, device="meta", dtype=torch.bfloat16)
     tokens = frames // 2 * (height // 28) * (width // 28)
-    flops = {"spatial_encoder": count_flops(lambda: SpatialEncoderExport(model.spatial_encoder)(x)),
+    flops = {"spatial_encoder": spatial_encoder_flops(frames, height, width, preset),
              "vision_encoder": count_flops(lambda: VisionEncoderExport(model.model.visual)(x))}
     c = model.connector
     packed = torch.empty(tokens, c.merged_dim, device="meta", dtype=torch.bfloat16)

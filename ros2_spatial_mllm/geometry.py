@@ -20,6 +20,8 @@ from typing import Sequence, Tuple, TypeVar, Union
 import numpy as np
 import torch
 
+from ros2_spatial_mllm.transforms import slerp
+
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 ImageHW = Union[Sequence[int], Tuple[int, int]]
 
@@ -234,7 +236,18 @@ def project_world_points(points: Array, extrinsics: Array, intrinsics: Array) ->
     return _back(pixels, was_numpy, points), _back(z, was_numpy, points)
 
 
+def interpolate_pose(pose_a: np.ndarray, pose_b: np.ndarray, fraction: float) -> np.ndarray:
+    """Rigid [4, 4] poses a, b -> the pose `fraction` of the way from a to b (0: a, 1: b),
+    translation linear and rotation by slerp along the shorter arc, as tf2 interpolates. numpy."""
+    quaternions = matrix_to_quaternion(np.stack([pose_a[:3, :3], pose_b[:3, :3]]).astype(np.float64))  # [2, 4]
+    out = np.eye(4)
+    out[:3, :3] = quaternion_to_matrix(slerp(quaternions[0], quaternions[1], float(fraction)))
+    out[:3, 3] = pose_a[:3, 3] + fraction * (pose_b[:3, 3] - pose_a[:3, 3])
+    return out
+
+
 __all__ = [
+    "interpolate_pose",
     "camera_from_world",
     "depth_to_camera_points",
     "depth_to_world_points",

@@ -8,7 +8,9 @@ possible, a stalled executor) whole runs of one topic can be delivered before th
 colour frame waits in a pending queue until each configured partner is *decided*:
   * depth / odometry: decided once that stream delivered a message stamped at or after the
     frame (streams are in stamp order per publisher), or a message within `sync_tolerance_s`
-    that is exactly on the frame; the nearest stamp within the tolerance is then paired (or none);
+    that is exactly on the frame; the nearest stamp within the tolerance is then paired (or none).
+    Odometry poses are interpolated (translation linear, rotation slerp) between the messages on
+    both sides of the frame when they are at most 2 * `sync_tolerance_s` apart, as TF does;
   * TF (`tf_world_frame` set): decided once `world <- camera` can be interpolated at the frame
     stamp (or the stamp is older than the TF history); the pose is
     `tree.lookup(world, camera_frame or header.frame_id, stamp)`;
@@ -40,6 +42,7 @@ import threading
 import time
 
 from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+from ros2_spatial_mllm.geometry import interpolate_pose
 from ros2_spatial_mllm.image_codec import ImageDecodeError
 from ros2_spatial_mllm.ros.convert import (camera_info_to_k, depth_msg_to_m, image_msg_to_rgb,
                                            odometry_to_world_from_camera, time_to_ns)
@@ -82,6 +85,27 @@ class _StampedRing:
             value = self._values[best] if abs(stamps[best] - stamp_ns) <= tolerance_ns else None
             decided = stamps[-1] >= stamp_ns or (self.newest_ns is not None and self.newest_ns >= stamp_ns)
             return value, decided
+
+    def around(self, stamp_ns: int):
+        """((stamp, value) of the newest entry before stamp_ns or None, the same for the oldest
+        entry at or after it)."""
+        with self._lock:
+            i = bisect.bisect_left(self._stamps, stamp_ns)
+            before = (self._stamps[i - 1], self._values[i - 1]) if i > 0 else None
+            after = (self._stamps[i], self._values[i]) if i < len(self._stamps) else None
+            return before, after
+
+    def pose_at(self, stamp_ns: int, tolerance_ns: int):
+        """(world_from_camera [4, 4] or None, decided) for a ring of poses: interpolated between
+        the entries on both sides of stamp_ns when they are at most 2 * tolerance apart (odometry
+        at 10 Hz or faster with the default 0.05 s), else the nearest within the tolerance."""
+        before, after = self.around(stamp_ns)
+        if before is not None and after is not None and after[0] - before[0] <= 2 * tolerance_ns:
+            if after[0] == stamp_ns:
+                return after[1], True
+            fraction = (stamp_ns - before[0]) / float(after[0] - before[0])
+            return interpolate_pose(before[1], after[1], fraction), True
+        return self.nearest(stamp_ns, tolerance_ns)
 
 
 class FrameIntake:
@@ -216,7 +240,7 @@ class FrameIntake:
         if self.tf_tree is not None:
             pose, pose_done = self._tf_pose(frame, self.tolerance_ns if final else 0)
         elif self.expect_pose:
-            pose, pose_done = self._poses.nearest(frame.stamp_ns, self.tolerance_ns)
+            pose, pose_done = self._poses.pose_at(frame.stamp_ns, self.tolerance_ns)
         else:
             pose, pose_done = None, True
         info_done = self._camera_info is not None or not self.expect_info
@@ -293,7 +317,7 @@ class FrameIntake:
             if self.tf_tree is not None:
                 pose, _ = self._tf_pose(frame, self.tolerance_ns)
             else:
-                pose, _ = self._poses.nearest(frame.stamp_ns, self.tolerance_ns)
+                pose, _ = self._poses.pose_at(frame.stamp_ns, self.tolerance_ns)
         if depth is None or intrinsics is None or pose is None:
             return None
         return depth, intrinsics, pose

@@ -63,7 +63,8 @@ class NodeConfig:
                               "(depth+pose), model (spatial-encoder heads), auto, none",
                               choices=GEOMETRY_SOURCES)
     sync_tolerance_s: float = _p(0.05, "max stamp difference when pairing depth/odometry with a "
-                                 "colour frame", min=0.0, max=10.0)
+                                 "colour frame; odometry on both sides within 2x this is "
+                                 "interpolated", min=0.0, max=10.0)
     sync_max_wait_s: float = _p(1.0, "a colour frame waits at most this long (wall time) for its "
                                 "depth/pose/camera_info before entering the buffer without them",
                                 min=0.0, max=60.0)

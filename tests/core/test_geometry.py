@@ -168,3 +168,20 @@ def test_invert_extrinsics_and_first_camera_frame():
     before = g.to_homogeneous(ext[2]) @ g.invert_extrinsics(g.to_homogeneous(ext[1]))
     after = g.to_homogeneous(rel[2]) @ g.invert_extrinsics(g.to_homogeneous(rel[1]))
     assert torch.allclose(before, after, atol=1e-12)
+
+
+def test_interpolate_pose_linear_translation_slerp_rotation_shorter_arc():
+    def pose(yaw_deg, x):
+        out = np.eye(4)
+        half = math.radians(yaw_deg) / 2
+        out[:3, :3] = g.quaternion_to_matrix(np.array([0.0, 0.0, math.sin(half), math.cos(half)]))
+        out[:3, 3] = (x, 2.0 * x, 0.0)
+        return out
+
+    a, b = pose(170.0, 0.0), pose(-170.0, 1.0)     # 20 degrees apart across +-180
+    np.testing.assert_allclose(g.interpolate_pose(a, b, 0.0), a, atol=1e-12)
+    np.testing.assert_allclose(g.interpolate_pose(a, b, 1.0), b, atol=1e-12)
+    np.testing.assert_allclose(g.interpolate_pose(a, b, 0.5), pose(180.0, 0.5), atol=1e-12)
+    quarter = g.interpolate_pose(a, b, 0.25)
+    assert math.isclose(math.degrees(math.atan2(quarter[1, 0], quarter[0, 0])), 175.0, abs_tol=1e-9)
+    np.testing.assert_allclose(quarter[:3, 3], (0.25, 0.5, 0.0), atol=1e-12)

@@ -96,3 +96,36 @@ def test_tf_poses_interpolated_composed_and_late_paired():
     late.on_tf_static(TFMessage(transforms=[_transform("odom", CAMERA, 0, (3, 0, 0), (0, 0, 0, 1))]))
     depth, k, pose = late.sensor_lookup(pushed)
     assert depth.shape == pushed.rgb.shape[:2] and k[0, 0] == 50.0 and pose[0, 3] == 3.0
+
+
+def _odom_yaw(stamp_ns: int, x: float, yaw: float):
+    msg = _odom(stamp_ns, x)
+    msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+    return msg
+
+
+def test_odometry_pose_interpolated_between_the_messages_around_the_frame():
+    # tolerance 10 ms: odometry 20 ms apart is interpolated, 30 ms apart falls back to the nearest
+    intake, buffer = _intake(expect_pose=True, depth_wait_s=30.0)
+    intake.on_camera_info(_info_msg(STAMPS[0]))
+    frame_at = STAMPS[0] + 5_000_000                 # a quarter of the way from the first to the second
+    intake.on_image(image_msg(0, frame_at))
+    intake.on_depth(_depth_msg(frame_at))
+    intake.on_odometry(_odom_yaw(STAMPS[0], 0.0, 0.0))
+    assert len(buffer) == 0                          # nothing at or after the frame yet: undecided
+    intake.on_odometry(_odom_yaw(STAMPS[0] + 20_000_000, 4.0, math.radians(80)))
+    pose = buffer.latest().world_from_camera
+    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+    np.testing.assert_allclose(pose[:3, 3], (1.0, 0.0, 0.0), atol=1e-9)
+    np.testing.assert_allclose(pose[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-9)
+    # sensor_lookup (late pairing) interpolates the same way
+    np.testing.assert_allclose(intake.sensor_lookup(buffer.latest())[2], pose, atol=1e-12)
+
+    sparse, sparse_buffer = _intake(expect_pose=True, depth_wait_s=30.0)
+    sparse.on_camera_info(_info_msg(STAMPS[0]))
+    sparse.on_image(image_msg(0, frame_at))
+    sparse.on_depth(_depth_msg(frame_at))
+    sparse.on_odometry(_odom_yaw(STAMPS[0], 0.0, 0.0))
+    sparse.on_odometry(_odom_yaw(STAMPS[0] + 30_000_000, 4.0, math.radians(80)))
+    held = sparse_buffer.latest().world_from_camera
+    np.testing.assert_allclose(held, np.eye(4), atol=1e-12)  # nearest (5 ms), not a 30 ms blend
