@@ -169,6 +169,11 @@ class Diagnostics:
         with self._lock:
             return self.latest.get(status, {}).get(key, default)
 
+    def snapshot(self, status: str) -> dict:
+        """A copy of the latest key/values of one status (one message's, never a mix of two)."""
+        with self._lock:
+            return dict(self.latest.get(status, {}))
+
     def number(self, status: str, key: str, default: float = 0.0) -> float:
         value = self.get(status, key)
         return float(value) if value is not None else default
