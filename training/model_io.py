@@ -30,7 +30,8 @@ def build_model(model_cfg: dict):
     model.preset: tiny | official; model.assets_dir: tokenizer/processor files (default: the
     package's assets/tiny for the tiny preset, else the init checkpoint); model.llm_overrides:
     text_config fields (e.g. {num_hidden_layers: 4}) for a fresh LLM on a checkpoint's trained
-    encoders, applied only where the checkpoint's LLM differs."""
+    encoders, applied only where the checkpoint's LLM differs; model.spatial_overrides:
+    VGGTConfig.tiny fields (e.g. {embed_dim: 128}) of a randomly initialised tiny preset."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR, tiny_config
     from ros2_spatial_mllm.model.presets import build_model as build_preset
@@ -60,7 +61,8 @@ def build_model(model_cfg: dict):
         return model, assets
     # the tiny preset's own sizes, not the assets' config.json: the shipped default there is the
     # trained model, whose LLM is deeper (model.llm_overrides) than the preset training starts from
-    config = tiny_config() if preset == "tiny" else load_config(assets)
+    config = tiny_config(spatial_overrides=model_cfg.get("spatial_overrides")) if preset == "tiny" \
+        else load_config(assets)
     model = build_preset(config, seed=int(model_cfg.get("seed", 0)))
     return model, assets
 

@@ -10,8 +10,10 @@ on that sensor geometry (what training's `mixed` frame sets and a robot with a d
 by space-aware sampling on the model's own predicted depth and cameras over --candidates uniform
 candidates (what evaluation and a camera-only robot get). Each pick is scored by the fraction of
 the video's true voxels (the sampler's own grid) its frames see. Prints one JSON object with the
-mean per sampler, and the mean camera-position and depth errors of the model's geometry; scenes
-must have been rendered with save_depth.
+mean per sampler, and the mean camera-position, camera-rotation and depth errors of the model's
+geometry, each camera error next to that of a trivial "no motion" guess (every camera where the
+first one is: what a camera head that learned nothing would score); scenes must have been
+rendered with save_depth.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ def geometry_errors(prediction: dict, scene_dir: Path, frame_ids: list[int]) -> 
     true_centres = np.stack([(first @ t)[:3, 3] for t in truth])          # [N, 3] in camera 0's frame
     ext = np.asarray(prediction["extrinsics"], np.float64)                # [N, 3, 4] cam_from_cam0
     pred_centres = -np.einsum("nji,nj->ni", ext[:, :, :3], ext[:, :, 3])  # -R^T t
+    true_rot = np.stack([(first @ t)[:3, :3] for t in truth])             # [N, 3, 3] cam0_from_cam
+    pred_rot = np.transpose(ext[:, :, :3], (0, 2, 1))                     # R^T: cam0_from_cam
     depth = np.asarray(prediction["depth"], np.float32)                   # [N, h, w]
     errs = []
     for f, d in zip(frame_ids, depth):
@@ -55,7 +59,16 @@ def geometry_errors(prediction: dict, scene_dir: Path, frame_ids: list[int]) -> 
         valid = gt > 0
         errs.append(np.abs(d - gt)[valid].mean() if valid.any() else 0.0)
     return {"camera_position_error_m": float(np.linalg.norm(pred_centres - true_centres, axis=-1).mean()),
+            "camera_position_error_no_motion_m": float(np.linalg.norm(true_centres, axis=-1).mean()),
+            "camera_rotation_error_deg": _mean_angle_deg(pred_rot, true_rot),
+            "camera_rotation_error_no_motion_deg": _mean_angle_deg(np.broadcast_to(np.eye(3), true_rot.shape), true_rot),
             "depth_abs_error_m": float(np.mean(errs))}
+
+
+def _mean_angle_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> float:
+    """Mean geodesic angle (degrees) between rotations [N, 3, 3] a and b."""
+    cos = (np.einsum("nij,nij->n", rot_a, rot_b) - 1.0) / 2.0             # (trace(a^T b) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
 
 
 def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int = 8, candidates: int = 32) -> dict:
@@ -66,7 +79,8 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
     from training.evaluate import load_frames
 
     result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": [], "camera_position_error_m": [],
-              "depth_abs_error_m": []}
+              "camera_position_error_no_motion_m": [], "camera_rotation_error_deg": [],
+              "camera_rotation_error_no_motion_deg": [], "depth_abs_error_m": []}
     seen = set()
     for row in read_jsonl(data_dir / f"{split}.jsonl"):
         path = row.get("frames_path")

@@ -79,12 +79,15 @@ def official_config() -> SpatialMLLMConfig:
     )
 
 
-def tiny_config(vocab_size: int = 3072, token_ids: Optional[dict] = None) -> SpatialMLLMConfig:
+def tiny_config(vocab_size: int = 3072, token_ids: Optional[dict] = None,
+                spatial_overrides: Optional[dict] = None) -> SpatialMLLMConfig:
     """A few million parameters: 2-block ViT (32 wide), 2-layer LLM (64 wide), VGGTConfig.tiny();
     weights initialised with std 1/sqrt(width).
 
     token_ids: special token ids of the tiny tokenizer (keys as QWEN_TOKEN_IDS); defaults to the
-    ids written by `tiny_tokenizer.train_tiny_tokenizer` (specials first, in Qwen's order)."""
+    ids written by `tiny_tokenizer.train_tiny_tokenizer` (specials first, in Qwen's order).
+    spatial_overrides: VGGTConfig.tiny fields to change (e.g. {"embed_dim": 128}); the connector
+    follows the spatial encoder's width."""
     from .tiny_tokenizer import TINY_SPECIAL_IDS
 
     ids = dict(token_ids or TINY_SPECIAL_IDS)
@@ -123,7 +126,7 @@ def tiny_config(vocab_size: int = 3072, token_ids: Optional[dict] = None) -> Spa
     return SpatialMLLMConfig(
         vision_config=vision,
         text_config=text,
-        spatial_config=spatial_config_from_vggt_config(VGGTConfig.tiny()),
+        spatial_config=spatial_config_from_vggt_config(VGGTConfig.tiny(**(spatial_overrides or {}))),
         connector_config={"connector_type": "mlp_add", "spatial_embeds_layer_idx": -1},
         tie_word_embeddings=True,
         **{k: v for k, v in ids.items() if k not in ("bos_token_id", "eos_token_id")},

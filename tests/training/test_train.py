@@ -169,3 +169,26 @@ def test_point_probe_trains_the_last_aggregator_layer(tmp_path):
         points.append(metrics["loss_point"])
     assert probe.captured.shape[:2] == (1, 2) and probe.captured.shape[-1] == 2 * vggt.config.embed_dim
     assert points[-1] < 0.5 * points[0], points
+
+
+def test_spatial_overrides_widen_the_tiny_spatial_encoder_and_round_trip(tmp_path):
+    """model.spatial_overrides: a wider tiny VGGT, the connector follows its width, the sizes
+    survive a save/load through the HF layout, and a geometry step runs on it."""
+    from ros2_spatial_mllm.model.checkpoint import load_checkpoint, save_checkpoint
+    from training.model_io import build_model
+
+    assets = str(tiny_assets_for_tests(tmp_path / "assets"))
+    model, _ = build_model({"init": "random", "assets_dir": assets, "spatial_overrides": {"embed_dim": 32, "depth": 2}})
+    vggt = model.spatial_encoder.vggt_model
+    assert (vggt.config.embed_dim, vggt.config.depth) == (32, 2)
+    assert model.connector.merged_dim == 2 * 32 * 2 * 2 ** 2     # [2C] x temporal 2 x 2x2 merge
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, report = load_checkpoint(tmp_path / "ckpt")
+    assert report.ok, report.summary()
+    assert loaded.spatial_encoder.vggt_model.config.embed_dim == 32
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    clip = prepare_clip(plane_clip(np.random.default_rng(2), n_frames=2), (56, 84))
+    loss, metrics = geometry_step_loss(vggt, {k: v[None] for k, v in clip.items()}, (56, 84), {})
+    assert torch.isfinite(loss) and metrics["depth_l1"] > 0
+    default, _ = build_model({"init": "random", "assets_dir": assets})
+    assert default.spatial_encoder.vggt_model.config.embed_dim == 64
