@@ -130,6 +130,20 @@ def geometry_step_loss(vggt: torch.nn.Module, batch: dict, image_hw: tuple[int, 
     return loss, metrics
 
 
+CAMERA_PARAMS = r"^(aggregator\.(camera_token|register_token)|camera_head\.)"
+
+
+def geometry_param_groups(vggt: torch.nn.Module, gcfg: dict) -> list[dict]:
+    """AdamW groups of the VGGT: `lr` for all, or with `camera_lr` set, that rate for the camera
+    and register tokens and the camera head (the camera token barely takes the frames in at the
+    shared rate; docs/frame_signal.md, sixth sprint). 1-D parameters get no weight decay."""
+    patterns, lrs = {"vggt": r".*"}, {}
+    if gcfg.get("camera_lr") is not None:
+        patterns, lrs = {"camera": CAMERA_PARAMS, "vggt": r".*"}, {"camera": float(gcfg["camera_lr"])}
+    return build_param_groups(vggt, lrs, float(gcfg.get("lr", 3e-4)), float(gcfg.get("weight_decay", 0.01)),
+                              patterns=patterns)
+
+
 def run_geometry(cfg: dict, env: DistEnv | None = None) -> dict:
     """Run the stage from a config dict (see training/configs/geometry_tiny.yaml)."""
     from training.model_io import build_model, load_geometry_clips
@@ -154,8 +168,7 @@ def run_geometry(cfg: dict, env: DistEnv | None = None) -> dict:
                                                                       frames=int(gcfg.get("frames", 4)), seed=seed)]
     if not clips:
         raise RuntimeError("geometry: no training clips found (check data.* in the config)")
-    groups = build_param_groups(vggt, {}, float(gcfg.get("lr", 3e-4)), float(gcfg.get("weight_decay", 0.01)),
-                                patterns={"vggt": r".*"})
+    groups = geometry_param_groups(vggt, gcfg)
     probe = None
     if float(gcfg.get("point_weight", 0.0)) > 0:
         probe = PatchPointProbe(vggt).to(env.device)

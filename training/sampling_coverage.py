@@ -12,8 +12,9 @@ candidates (what evaluation and a camera-only robot get). Each pick is scored by
 the video's true voxels (the sampler's own grid) its frames see. Prints one JSON object with the
 mean per sampler, and the mean camera-position, camera-rotation and depth errors of the model's
 geometry, each camera error next to that of a trivial "no motion" guess (every camera where the
-first one is: what a camera head that learned nothing would score); scenes must have been
-rendered with save_depth.
+first one is: what a camera head that learned nothing would score), and the correlation of
+predicted and true headings (does the head read each frame's turn off the images?); scenes must
+have been rendered with save_depth.
 """
 from __future__ import annotations
 
@@ -62,7 +63,20 @@ def geometry_errors(prediction: dict, scene_dir: Path, frame_ids: list[int]) -> 
             "camera_position_error_no_motion_m": float(np.linalg.norm(true_centres, axis=-1).mean()),
             "camera_rotation_error_deg": _mean_angle_deg(pred_rot, true_rot),
             "camera_rotation_error_no_motion_deg": _mean_angle_deg(np.broadcast_to(np.eye(3), true_rot.shape), true_rot),
+            "camera_heading_correlation": _heading_correlation(pred_rot, true_rot),
             "depth_abs_error_m": float(np.mean(errs))}
+
+
+def _heading_correlation(pred_rot: np.ndarray, true_rot: np.ndarray) -> float:
+    """Pearson correlation of predicted and true headings (camera z axis in camera 0's x-z plane)
+    over frames 1..N-1 [N, 3, 3]: near 1 when the camera head reads each frame's turn off the
+    images, near 0 when it predicts one turn for every frame (a prior). 0 when either is constant."""
+    def heading(rot):
+        return np.unwrap(np.arctan2(rot[1:, 0, 2], rot[1:, 2, 2]))
+    a, b = heading(pred_rot), heading(true_rot)
+    if len(a) < 2 or a.std() < 1e-9 or b.std() < 1e-9:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _mean_angle_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> float:
@@ -80,7 +94,7 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
 
     result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": [], "camera_position_error_m": [],
               "camera_position_error_no_motion_m": [], "camera_rotation_error_deg": [],
-              "camera_rotation_error_no_motion_deg": [], "depth_abs_error_m": []}
+              "camera_rotation_error_no_motion_deg": [], "camera_heading_correlation": [], "depth_abs_error_m": []}
     seen = set()
     for row in read_jsonl(data_dir / f"{split}.jsonl"):
         path = row.get("frames_path")

@@ -104,6 +104,7 @@ def test_geometry_errors_are_zero_for_the_true_geometry(held_out):
     got = geometry_errors(truth, scene, ids)
     assert got["camera_position_error_m"] < 1e-4 and got["depth_abs_error_m"] < 1e-3, got
     assert got["camera_rotation_error_deg"] < 1e-3 < got["camera_rotation_error_no_motion_deg"], got
+    assert got["camera_heading_correlation"] > 0.999, got
     # the "no motion" guess is off by each true camera centre's distance from the first one
     centres = [np.linalg.inv(c @ first_inv)[:3, 3] for c in cam_from_world]
     assert abs(got["camera_position_error_no_motion_m"] - np.mean([np.linalg.norm(c) for c in centres])) < 1e-6, got
@@ -111,6 +112,12 @@ def test_geometry_errors_are_zero_for_the_true_geometry(held_out):
     got_identity = geometry_errors(identity, scene, ids)
     assert abs(got_identity["camera_position_error_m"] - got["camera_position_error_no_motion_m"]) < 1e-6
     assert abs(got_identity["camera_rotation_error_deg"] - got["camera_rotation_error_no_motion_deg"]) < 1e-6
+    assert got_identity["camera_heading_correlation"] == 0.0
+    # headings read backwards (each turn mirrored) correlate negatively
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    mirrored = dict(truth, extrinsics=truth["extrinsics"].copy())
+    mirrored["extrinsics"][:, :, :3] = mirror @ truth["extrinsics"][:, :, :3] @ mirror
+    assert geometry_errors(mirrored, scene, ids)["camera_heading_correlation"] < -0.999
     # a trajectory shifted by 1 m (camera centres move by +1 m along x) is 1 m off on every frame but the first
     shifted = dict(truth, extrinsics=truth["extrinsics"].copy())
     shifted["extrinsics"][1:, :, 3] -= shifted["extrinsics"][1:, :, :3] @ np.array([1.0, 0.0, 0.0])

@@ -192,3 +192,21 @@ def test_spatial_overrides_widen_the_tiny_spatial_encoder_and_round_trip(tmp_pat
     assert torch.isfinite(loss) and metrics["depth_l1"] > 0
     default, _ = build_model({"init": "random", "assets_dir": assets})
     assert default.spatial_encoder.vggt_model.config.embed_dim == 64
+
+
+def test_camera_lr_gives_the_camera_token_and_head_their_own_rate(tmp_path):
+    from training.geometry_pretrain import geometry_param_groups
+    from training.model_io import build_model
+
+    model, _ = build_model({"init": "random", "assets_dir": str(tiny_assets_for_tests(tmp_path))})
+    vggt = model.spatial_encoder.vggt_model
+    names = {id(p): n for n, p in vggt.named_parameters() if p.requires_grad}
+    shared = geometry_param_groups(vggt, {"lr": 1e-3})
+    assert {g["lr"] for g in shared} == {1e-3} and sum(len(g["params"]) for g in shared) == len(names)
+    split = geometry_param_groups(vggt, {"lr": 1e-3, "camera_lr": 5e-3})
+    assert sum(len(g["params"]) for g in split) == len(names)
+    fast = {names[id(p)] for g in split if g["lr"] == 5e-3 for p in g["params"]}
+    assert {"aggregator.camera_token", "aggregator.register_token"} <= fast
+    assert all(n.startswith(("aggregator.camera_token", "aggregator.register_token", "camera_head.")) for n in fast)
+    assert any(n.startswith("camera_head.") for n in fast)
+    assert not any(n.startswith(("aggregator.frame_blocks", "depth_head.")) for n in fast)
