@@ -47,15 +47,17 @@ def settled_input(diag, timeout_s: float = 20.0, period_s: float = 0.6) -> dict:
     dropped). On a loaded machine a reliable 1080p stream can still be in the node's queues
     seconds after the publisher exits; reading the counters then would compare mid-flight
     numbers. Returns the last snapshot after timeout_s either way (the checks then say so)."""
-    end, previous = time.monotonic() + timeout_s, None
-    while True:
+    last = {"received": None, "stats": {}}
+
+    def settled() -> bool:
         stats = diag.snapshot("input")
         received = int(stats.get("received", 0))
-        accounted = received == int(stats.get("kept", 0)) + _never_kept(stats)
-        if (previous is not None and received == previous and accounted) or time.monotonic() > end:
-            return stats
-        previous = received
-        time.sleep(period_s)
+        done = received == last["received"] and received == int(stats.get("kept", 0)) + _never_kept(stats)
+        last.update(received=received, stats=stats)
+        return done
+
+    wait_for(settled, timeout_s, interval=period_s)
+    return last["stats"]
 
 
 def run_soak(duration_s: float = 45.0, rate_hz: float = 30.0, size=(1920, 1080), ask_period_s: float = 1.0,

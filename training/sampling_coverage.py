@@ -39,7 +39,8 @@ def coverage_of(voxels: list, chosen: list[int]) -> float:
 
 
 def geometry_errors(prediction: dict, scene_dir: Path, frame_ids: list[int]) -> dict:
-    """Mean camera-position error (metres; both trajectories relative to the first frame) and mean
+    """Mean camera-position error (metres; both trajectories relative to the first frame), camera
+    rotation error (degrees), each beside the "no motion" guess's, heading correlation, and mean
     absolute depth error (metres, valid pixels, truth resized to the model's resolution) of one
     `SpatialMLLM.predict_geometry` output against the renderer's truth for those frame ids."""
     import cv2
@@ -47,10 +48,10 @@ def geometry_errors(prediction: dict, scene_dir: Path, frame_ids: list[int]) -> 
     cams = json.loads((scene_dir / "cameras.json").read_text())
     truth = [np.linalg.inv(np.asarray(cams["camera_from_world"][f], np.float64)) for f in frame_ids]  # world_from_cam
     first = np.linalg.inv(truth[0])                                       # cam0_from_world
-    true_centres = np.stack([(first @ t)[:3, 3] for t in truth])          # [N, 3] in camera 0's frame
+    relative = np.stack([first @ t for t in truth])                       # [N, 4, 4] cam0_from_cam
+    true_centres, true_rot = relative[:, :3, 3], relative[:, :3, :3]      # [N, 3], [N, 3, 3]
     ext = np.asarray(prediction["extrinsics"], np.float64)                # [N, 3, 4] cam_from_cam0
     pred_centres = -np.einsum("nji,nj->ni", ext[:, :, :3], ext[:, :, 3])  # -R^T t
-    true_rot = np.stack([(first @ t)[:3, :3] for t in truth])             # [N, 3, 3] cam0_from_cam
     pred_rot = np.transpose(ext[:, :, :3], (0, 2, 1))                     # R^T: cam0_from_cam
     depth = np.asarray(prediction["depth"], np.float32)                   # [N, h, w]
     errs = []
@@ -92,9 +93,7 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
     from training.data.dataset import read_jsonl, sensor_frame_voxels
     from training.evaluate import load_frames
 
-    result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": [], "camera_position_error_m": [],
-              "camera_position_error_no_motion_m": [], "camera_rotation_error_deg": [],
-              "camera_rotation_error_no_motion_deg": [], "camera_heading_correlation": [], "depth_abs_error_m": []}
+    result = {"uniform": [], "space_aware_sensor": [], "space_aware_model": []}  # + geometry_errors' keys
     seen = set()
     for row in read_jsonl(data_dir / f"{split}.jsonl"):
         path = row.get("frames_path")
@@ -110,7 +109,7 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
         prediction = model.predict_geometry(frames)
         picked = space_aware_sample(frame_voxels_from_prediction(prediction), k).indices
         for name, value in geometry_errors(prediction, (data_dir / path).parent, [ids[c] for c in cand]).items():
-            result[name].append(value)
+            result.setdefault(name, []).append(value)
         result["space_aware_model"].append(coverage_of(truth, [cand[i] for i in picked]))
         if len(seen) >= scenes:
             break
