@@ -83,11 +83,14 @@ def export_wrapper(model: Any, component: str) -> tuple[torch.nn.Module, list[st
         return (SpatialEncoderExport(model.spatial_encoder), ["images"], ["spatial_features"],
                 {"images": video_axes, "spatial_features": {1: "frames", 2: "tokens"}})
     if component == "spatial_geometry":
-        return (SpatialGeometryExport(model.spatial_encoder), ["images"],
-                ["pose_enc", "depth", "depth_conf"],
-                {"images": video_axes, "pose_enc": {1: "frames"},
-                 "depth": {1: "frames", 2: "height", 3: "width"},
-                 "depth_conf": {1: "frames", 2: "height", 3: "width"}})
+        outputs = ["pose_enc", "depth", "depth_conf"]
+        axes = {"images": video_axes, "pose_enc": {1: "frames"},
+                "depth": {1: "frames", 2: "height", 3: "width"},
+                "depth_conf": {1: "frames", 2: "height", 3: "width"}}
+        if getattr(model.spatial_encoder.vggt_model, "pair_pose_head", None) is not None:
+            outputs.append("pair_pose")
+            axes["pair_pose"] = {1: "pairs"}
+        return SpatialGeometryExport(model.spatial_encoder), ["images"], outputs, axes
     if component == "vision_encoder":
         return (VisionEncoderExport(model.model.visual), ["frames"], ["video_embeds"],
                 {"frames": video_axes, "video_embeds": {0: "video_tokens"}})

@@ -96,7 +96,8 @@ class SpatialEncoderExport(nn.Module):
 
 
 class SpatialGeometryExport(nn.Module):
-    """Full VGGT with camera + depth heads (what frame sampling uses), DPT chunking off."""
+    """Full VGGT with camera + depth heads (what frame sampling uses), DPT chunking off; a fourth
+    output, pair_pose [B, S-1, 6], when the model has a pair-pose head."""
 
     def __init__(self, spatial_encoder: nn.Module):
         super().__init__()
@@ -112,6 +113,8 @@ class SpatialGeometryExport(nn.Module):
                 out = self.vggt(images)
         finally:
             head.frames_chunk_size = chunk
+        if "pair_pose" in out:
+            return out["pose_enc"], out["depth"], out["depth_conf"], out["pair_pose"]
         return out["pose_enc"], out["depth"], out["depth_conf"]
 
 

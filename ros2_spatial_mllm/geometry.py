@@ -246,6 +246,47 @@ def interpolate_pose(pose_a: np.ndarray, pose_b: np.ndarray, fraction: float) ->
     return out
 
 
+def rotation_vector_to_matrix(rotation_vector: Array) -> Array:
+    """Axis-angle [..., 3] (axis times angle in radians) -> rotation [..., 3, 3]. array;
+    differentiable, exact at angle 0."""
+    rv, was_numpy = _to_torch(rotation_vector)
+    angle = rv.norm(dim=-1, keepdim=True)                                       # [..., 1]
+    small = angle < 1e-6
+    safe = torch.where(small, torch.ones_like(angle), angle)
+    scale = torch.where(small, 0.5 - angle * angle / 48.0, torch.sin(safe / 2) / safe)  # sin(a/2)/a
+    quaternion = torch.cat([rv * scale, torch.cos(angle / 2)], dim=-1)          # XYZW, unit
+    return _back(quaternion_to_matrix(quaternion), was_numpy, rotation_vector)
+
+
+def matrix_to_rotation_vector(rotation: Array) -> Array:
+    """rotation [..., 3, 3] -> axis-angle [..., 3], angle in [0, pi]. array."""
+    q, was_numpy = _to_torch(matrix_to_quaternion(rotation))
+    sin_half = q[..., :3].norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, q[..., 3:])
+    safe = torch.where(sin_half < 1e-12, torch.ones_like(sin_half), sin_half)
+    scale = torch.where(sin_half < 1e-12, torch.full_like(angle, 2.0), angle / safe)
+    return _back(q[..., :3] * scale, was_numpy, rotation)
+
+
+def pair_poses_to_extrinsics(pair_pose: Array) -> Array:
+    """Chained relative poses [..., S-1, 6] (rotation vector, translation of camera k+1 in camera
+    k, as `PairPoseHead` predicts) -> extrinsics [..., S, 3, 4] camera-from-world with the world
+    at camera 0 (VGGT's convention; camera 0 is the identity). array."""
+    rel, was_numpy = _to_torch(pair_pose)
+    batch = rel.shape[:-2]
+    step = torch.zeros(batch + (rel.shape[-2], 4, 4), dtype=rel.dtype, device=rel.device)  # cam_k_from_cam_k+1
+    step[..., :3, :3] = rotation_vector_to_matrix(rel[..., :3])
+    step[..., :3, 3] = rel[..., 3:]
+    step[..., 3, 3] = 1
+    pose = torch.eye(4, dtype=rel.dtype, device=rel.device).expand(batch + (4, 4))
+    poses = [pose]                                                              # cam_0_from_cam_k
+    for k in range(rel.shape[-2]):
+        pose = pose @ step[..., k, :, :]
+        poses.append(pose)
+    extrinsics = invert_extrinsics(torch.stack(poses, dim=-3))[..., :3, :]
+    return _back(extrinsics, was_numpy, pair_pose)
+
+
 __all__ = [
     "interpolate_pose",
     "camera_from_world",
@@ -254,10 +295,13 @@ __all__ = [
     "extrinsics_intrinsics_to_pose_encoding",
     "invert_extrinsics",
     "matrix_to_quaternion",
+    "matrix_to_rotation_vector",
+    "pair_poses_to_extrinsics",
     "pose_encoding_to_extrinsics_intrinsics",
     "project_world_points",
     "quaternion_to_matrix",
     "relative_to_first_camera",
+    "rotation_vector_to_matrix",
     "to_homogeneous",
     "world_from_camera",
 ]

@@ -342,13 +342,22 @@ class SpatialMLLM:
 
     # ---- geometry -------------------------------------------------------------------------
 
+    @property
+    def camera_source(self) -> str:
+        """Where `predict_geometry`'s extrinsics come from: "pair_pose" (the spatial encoder has a
+        pair-pose head, as the trained tiny default does) or "camera_head" (VGGT's camera head)."""
+        vggt = self._require_model().spatial_encoder.vggt_model
+        return "pair_pose" if getattr(vggt, "pair_pose_head", None) is not None else "camera_head"
+
     @torch.inference_mode()
     def predict_geometry(self, frames: np.ndarray, max_pixels: Optional[int] = None) -> dict:
         """frames [N, H, W, 3] uint8 RGB -> numpy dict: depth [N, h, w] float32, depth_conf [N, h, w],
         extrinsics [N, 3, 4] camera-from-world (world = first frame), intrinsics [N, 3, 3] (pixels of
         the h x w model input). h x w: the resize used for answering (sides multiples of 28), or
-        the same rule with `max_pixels` instead of the processor's limit."""
-        from .geometry import pose_encoding_to_extrinsics_intrinsics, relative_to_first_camera
+        the same rule with `max_pixels` instead of the processor's limit. With a pair-pose head
+        (the trained tiny preset) the extrinsics chain its consecutive-frame poses, and the camera
+        head supplies only the intrinsics (`camera_source` says which)."""
+        from .geometry import pair_poses_to_extrinsics, pose_encoding_to_extrinsics_intrinsics, relative_to_first_camera
 
         model = self._require_model()
         processing = self.processing
@@ -361,6 +370,8 @@ class SpatialMLLM:
         height, width = resized.shape[-2:]
         extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pred["pose_enc"].float(), (height, width))
         extrinsics = relative_to_first_camera(extrinsics[0])
+        if "pair_pose" in pred:  # [S-1, 6] consecutive relative poses -> [S, 3, 4], camera 0 = identity
+            extrinsics = pair_poses_to_extrinsics(pred["pair_pose"][0].double()).float()
         return dict(
             depth=pred["depth"][0, ..., 0].float().cpu().numpy().astype(np.float32),
             depth_conf=pred["depth_conf"][0].float().cpu().numpy().astype(np.float32),

@@ -4,7 +4,8 @@
     # tiny CPU run of the whole default pipeline on a self-made fixture (about a minute):
     spatial-mllm-train default --config training/configs/tiny_smoke.yaml
 
-Stages: geometry (spatial-encoder pre-training), semantic (2D-tower pre-training on the
+Stages: geometry (spatial-encoder pre-training), pair-pose (the tiny spatial encoder's
+relative-pose head on its frozen tokens), semantic (2D-tower pre-training on the
 renderer's instance masks), sft, cached-sft (frozen encoders, cached visual tokens), grpo, curriculum, default (geometry ->
 SFT -> optional GRPO -> evaluation -> export of the tiny weights). Multi-process: the same
 command under `torchrun --nproc_per_node N -m training.cli ...` or `accelerate launch
@@ -18,7 +19,7 @@ import json
 import os
 import sys
 
-STAGES = ("geometry", "semantic", "sft", "cached-sft", "grpo", "curriculum", "default", "fixture")
+STAGES = ("geometry", "pair-pose", "semantic", "sft", "cached-sft", "grpo", "curriculum", "default", "fixture")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.stage == "geometry":
         from training.geometry_pretrain import run_geometry
         return run_geometry(cfg)
+    if args.stage == "pair-pose":
+        from training.pair_pose import run_pair_pose
+        return run_pair_pose(cfg)
     if args.stage == "semantic":
         from training.semantic_pretrain import run_semantic
         return run_semantic(cfg)

@@ -8,12 +8,15 @@ Tiny CPU run (embedded tiny preset, 2 questions)::
 Full form::
 
     spatial-mllm-eval --model DIR|--preset tiny --data DIR --split test [--num-frames 16]
-                      [--sampling space_aware|space_aware_sensor|uniform] [--device cpu|cuda] [--limit N] --out DIR
+                      [--sampling space_aware|space_aware_sensor|uniform] [--confidence frame|batch]
+                      [--device cpu|cuda] [--limit N] --out DIR
 
 Reads ``DIR/<split>.jsonl`` (rows of training/data/dataset.py). VSI-Bench rows (whole-video
 questions) get ``--num-frames`` frames chosen by the sampler (space-aware: one
 ``predict_geometry`` pass over up to 128 linspace candidates, then voxel max-coverage, cached per
-video; the node's ``geometry_source: model``); space_aware_sensor: the same voxel max-coverage over
+video; the node's ``geometry_source: model``; ``--confidence frame`` keeps each frame's points above
+its own median depth confidence as the node does, ``batch`` the reference's median over all
+candidates); space_aware_sensor: the same voxel max-coverage over
 the scene's rendered depth and camera poses (a robot with a depth camera and TF; the node's
 ``geometry_source: sensor``; scenes rendered with save_depth); MultiSPA rows use exactly their
 frame pair. Writes predictions.jsonl and
@@ -42,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", choices=["space_aware", "space_aware_sensor", "uniform"], default="space_aware",
                    help="frame sampler: space_aware on the model's predicted geometry, space_aware_sensor on the "
                         "scene's depth + poses, or uniform")
+    p.add_argument("--confidence", choices=["frame", "batch"], default="frame",
+                   help="space_aware: keep each frame's points above the median of its own depth confidence "
+                        "(frame: what the node's geometry worker does) or above the median over all candidates "
+                        "(batch: the reference's offline rule)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget per answer")
@@ -75,8 +82,9 @@ def load_frames(data_dir: Path, frames_path: str, indices: Sequence[int]) -> Lis
 class FrameSelector:
     """Chooses (and caches per video) the frames a VSI-Bench question is answered from."""
 
-    def __init__(self, model, data_dir: Path, k: int, method: str):
+    def __init__(self, model, data_dir: Path, k: int, method: str, confidence: str = "frame"):
         self.model, self.data_dir, self.k, self.method = model, data_dir, k, method
+        self.global_percentile = confidence == "batch"
         self._cache: Dict[tuple, List[int]] = {}
 
     def select(self, frames_path: str, indices: Sequence[int]) -> List[int]:
@@ -97,7 +105,8 @@ class FrameSelector:
                                                 "for --sampling space_aware_sensor")
                     voxels = sensor_frame_voxels(scene, cands)
                 else:
-                    voxels = predict_frame_voxels(self.model, np.stack(load_frames(self.data_dir, frames_path, cands)))
+                    voxels = predict_frame_voxels(self.model, np.stack(load_frames(self.data_dir, frames_path, cands)),
+                                                  global_percentile=self.global_percentile)
                 chosen = [cands[i] for i in space_aware_sample(voxels, self.k).indices]
             self._cache[key] = chosen
         return self._cache[key]
@@ -120,7 +129,7 @@ def evaluate(args) -> Dict:
     if args.num_frames < 1:
         raise ValueError("--num-frames must be >= 1")
     model = SpatialMLLM.load(args.model, preset=args.preset or "tiny", device=args.device, dtype=args.dtype)
-    selector = FrameSelector(model, data_dir, args.num_frames, args.sampling)
+    selector = FrameSelector(model, data_dir, args.num_frames, args.sampling, args.confidence)
     out_dir.mkdir(parents=True, exist_ok=True)
     scored, t0 = [], time.perf_counter()
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as pred_file:
@@ -139,7 +148,7 @@ def evaluate(args) -> Dict:
             scored.append(item)
     summary = aggregate(scored)
     info = {"model": model.info.get("model_dir") and str(model.info.get("model_dir")), "preset": args.preset,
-            "split": args.split, "num_frames": args.num_frames, "sampling": args.sampling,
+            "split": args.split, "num_frames": args.num_frames, "sampling": args.sampling, "confidence": args.confidence,
             "elapsed_s": round(time.perf_counter() - t0, 2)}
     paths = write_tables(summary, out_dir, title=f"{args.split} ({args.sampling}, {args.num_frames} frames)", extra={"run": info})
     model.close()

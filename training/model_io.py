@@ -368,10 +368,12 @@ def load_geometry_clips(data_cfg: dict, split: str = "train", frames: int = 4, s
         with np.load(f) as z:
             videos.append({k: z[k] for k in ("images", "depth", "cam_from_world", "intrinsics")})
     if root is not None:
+        limit = data_cfg.get("max_geometry_scenes")
         for scene in sorted((root / "scenes" / split).glob("*")):
+            if limit and len(videos) >= int(limit):
+                break  # the same first `limit` videos, without reading the others
             if (scene / "depth").is_dir() and (scene / "cameras.json").is_file():
                 videos.append(_engine_scene(scene))
-        limit = data_cfg.get("max_geometry_scenes")
         videos = videos[: int(limit)] if limit else videos
     clips = []
     span = (frames - 1) * 1 + 1

@@ -12,6 +12,9 @@ Steps (each resumable: a finished step is skipped when its `final/` exists, unle
   3. sft       SFT from the geometry checkpoint (sft.py), or with cached_sft.enabled SFT of
                connector + LLM on cached frozen-encoder tokens (cached_sft.py)
   4. grpo      optional (grpo.enabled)
+  4b. pair_pose optional (pair_pose.enabled): the spatial encoder's pair-pose head trained on the
+               final model's frozen tokens (pair_pose.py); only the head is new, so the weights
+               the language model uses are unchanged
   5. export    official-layout checkpoint into export.dir (ros2_spatial_mllm/assets/tiny for the
                shipped default), float32 safetensors, size checked against export.max_mb
   6. eval      test split with the data engine's evaluator at the same frame count with uniform
@@ -31,7 +34,8 @@ from training.trainer_utils import deep_update
 
 def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
     stage = deep_update({k: v for k, v in cfg.items()
-                         if k not in ("geometry", "semantic", "align", "sft", "cached_sft", "grpo", "export", "eval")},
+                         if k not in ("geometry", "semantic", "align", "sft", "cached_sft", "grpo", "pair_pose", "export",
+                                       "eval")},
                         {"output_dir": str(out / name), name: cfg.get(name, {})})
     if init is not None:
         stage["model"] = {**stage.get("model", {}), "init": init}
@@ -265,6 +269,11 @@ def run_default(cfg: dict) -> dict:
         if force or not _done(out, "grpo"):
             run_grpo(_stage_cfg(cfg, "grpo", out, init))
         init = str(out / "grpo" / "final")
+    if cfg.get("pair_pose", {}).get("enabled", False) and cfg.get("model", {}).get("preset", "tiny") == "tiny":
+        from training.pair_pose import run_pair_pose
+        if force or not _done(out, "pair_pose"):
+            run_pair_pose(_stage_cfg(cfg, "pair_pose", out, init))
+        init = str(out / "pair_pose" / "final")
     result = {"final_dir": init}
     if int(__import__("os").environ.get("RANK", "0")) > 0:
         return result  # export and evaluation run once, on rank 0

@@ -8,7 +8,7 @@ For each of the first --scenes videos of --split: voxelise every frame from the 
 and poses (the truth), then pick --frames frames three ways: uniformly; by space-aware sampling
 on that sensor geometry (what training's `mixed` frame sets and a robot with a depth camera get);
 by space-aware sampling on the model's own predicted depth and cameras over --candidates uniform
-candidates (what evaluation and a camera-only robot get). Each pick is scored by the fraction of
+candidates (what evaluation and a camera-only robot get; --confidence: which depth points count). Each pick is scored by the fraction of
 the video's true voxels (the sampler's own grid) its frames see. Prints one JSON object with the
 mean per sampler, and the mean camera-position, camera-rotation and depth errors of the model's
 geometry, each camera error next to that of a trivial "no motion" guess (every camera where the
@@ -86,9 +86,12 @@ def _mean_angle_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
 
 
-def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int = 8, candidates: int = 32) -> dict:
+def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int = 8, candidates: int = 32,
+            confidence: str = "frame") -> dict:
     """Mean ground-truth coverage per sampler over the first `scenes` videos of the split, and the
-    mean geometry errors of the model's prediction over the candidates."""
+    mean geometry errors of the model's prediction over the candidates. confidence: which depth
+    points the model's voxels keep, as in spatial-mllm-eval --confidence (frame: above each frame's
+    median confidence, the node's rule; batch: above the median over all candidates)."""
     from ros2_spatial_mllm.sampling import frame_voxels_from_prediction, space_aware_sample, uniform_sample
     from training.data.dataset import read_jsonl, sensor_frame_voxels
     from training.evaluate import load_frames
@@ -107,7 +110,8 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
         cand = list(uniform_sample(len(ids), min(candidates, len(ids))))
         frames = np.stack(load_frames(data_dir, path, [ids[c] for c in cand]))
         prediction = model.predict_geometry(frames)
-        picked = space_aware_sample(frame_voxels_from_prediction(prediction), k).indices
+        voxels = frame_voxels_from_prediction(prediction, global_percentile=confidence == "batch")
+        picked = space_aware_sample(voxels, k).indices
         for name, value in geometry_errors(prediction, (data_dir / path).parent, [ids[c] for c in cand]).items():
             result.setdefault(name, []).append(value)
         result["space_aware_model"].append(coverage_of(truth, [cand[i] for i in picked]))
@@ -115,7 +119,7 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
             break
     if not seen:
         raise ValueError(f"{data_dir / (split + '.jsonl')}: no VSI-Bench videos")
-    return {"scenes": len(seen), "frames": k, "candidates": candidates,
+    return {"scenes": len(seen), "frames": k, "candidates": candidates, "confidence": confidence,
             **{name: round(float(np.mean(v)), 4) for name, v in result.items()}}
 
 
@@ -129,12 +133,16 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=30, help="videos to score")
     p.add_argument("--frames", type=int, default=8, help="frames each sampler picks")
     p.add_argument("--candidates", type=int, default=32, help="uniform candidates the model's geometry sees")
+    p.add_argument("--confidence", choices=["frame", "batch"], default="frame",
+                   help="depth points kept for the model's voxels: above each frame's median confidence "
+                        "(frame, the node's rule) or above the median over all candidates (batch)")
     args = p.parse_args(argv)
     try:
         from ros2_spatial_mllm.inference import SpatialMLLM
 
         model = SpatialMLLM.load(args.model, preset=args.preset or "tiny")
-        print(json.dumps(measure(model, Path(args.data), args.split, args.scenes, args.frames, args.candidates)))
+        print(json.dumps(measure(model, Path(args.data), args.split, args.scenes, args.frames, args.candidates,
+                                 args.confidence)))
     except Exception as exc:  # one line, no traceback
         print(f"sampling_coverage: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ device; frames are the same resized frames both encoders see:
 
     vision_encoder(frames)    -> video_embeds [B*S/2*H/28*W/28, hidden]  (Qwen2.5-VL ViT+merger)
     spatial_encoder(frames)   -> spatial_features [B, S, 5 + (H/14)*(W/14), 2C] (VGGT aggregator)
-    spatial_geometry(frames)  -> dict(pose_enc [B,S,9], depth [B,S,H,W,1], depth_conf [B,S,H,W])
+    spatial_geometry(frames)  -> dict(pose_enc [B,S,9], depth [B,S,H,W,1], depth_conf [B,S,H,W][, pair_pose [B,S-1,6]])
     connector(packed_spatial [N, 2C*2*4]) -> spatial_embeds [N, hidden]
     fuse_video(frames)        -> fused video tokens [N, hidden] = video_embeds + spatial_embeds
 

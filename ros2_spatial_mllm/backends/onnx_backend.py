@@ -96,9 +96,9 @@ class OnnxRuntimeBackend(EncoderBackend):
     def spatial_geometry(self, frames: torch.Tensor) -> dict:
         if self._torch is not None:
             return self._torch.spatial_geometry(frames)
-        pose, depth, conf = self._run("spatial_geometry", frames)
-        return {"pose_enc": pose.to(self.device), "depth": depth.to(self.device),
-                "depth_conf": conf.to(self.device)}
+        outs = self._run("spatial_geometry", frames)  # pose_enc, depth, depth_conf[, pair_pose]
+        names = ("pose_enc", "depth", "depth_conf", "pair_pose")
+        return {name: value.to(self.device) for name, value in zip(names, outs)}
 
     def connector(self, packed_spatial: torch.Tensor) -> torch.Tensor:
         return self._run("connector", packed_spatial)[0].to(self.device)

@@ -34,7 +34,7 @@ class TorchBackend(EncoderBackend):
     def spatial_geometry(self, frames: torch.Tensor) -> dict:
         dtype = next(self.model.spatial_encoder.parameters()).dtype
         out = self.model.spatial_encoder.vggt_model(frames.to(device=self.device, dtype=dtype))
-        return {k: out[k] for k in ("pose_enc", "depth", "depth_conf")}
+        return {k: out[k] for k in ("pose_enc", "depth", "depth_conf", "pair_pose") if k in out}
 
     @torch.inference_mode()
     def connector(self, packed_spatial: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,7 @@ def test_official_style_config_json_builds_the_official_architecture(tmp_path):
 def test_tiny_asset_script_regenerates_the_shipped_files(tmp_path):
     """`python -m ros2_spatial_mllm.model.presets --write-tiny-assets --out DIR` is deterministic:
     tokenizer, template and processor files come out byte-identical to the shipped ones; the
-    shipped trained default differs from the preset only by its 4-layer LLM."""
+    shipped trained default differs from the preset only by its 4-layer LLM and its pair-pose head."""
     from ros2_spatial_mllm.model.presets import main
 
     assert main(["--write-tiny-assets", "--out", str(tmp_path)]) == 0
@@ -168,14 +168,18 @@ def test_tiny_asset_script_regenerates_the_shipped_files(tmp_path):
     fresh = json.loads((tmp_path / "config.json").read_text())
     shipped = json.loads((TINY_ASSETS_DIR / "config.json").read_text())
     assert fresh["text_config"]["num_hidden_layers"] == 2 and shipped["text_config"]["num_hidden_layers"] == 4
+    assert not fresh["spatial_config"]["pair_pose_head"] and shipped["spatial_config"]["pair_pose_head"]
     for cfg in (fresh, shipped):
         cfg["text_config"].pop("num_hidden_layers"), cfg["text_config"].pop("layer_types", None)
+        cfg["spatial_config"].pop("pair_pose_head")
     assert fresh == shipped
     new = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
     old = json.loads((TINY_ASSETS_DIR / "model.safetensors.index.json").read_text())["weight_map"]
     extra = set(old) - set(new)
     assert set(new) <= set(old) and extra
-    assert all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in extra)
+    assert all(k.startswith(("model.layers.2.", "model.layers.3.", "spatial_encoder.vggt_model.pair_pose_head."))
+               for k in extra)
+    assert any(k.startswith("spatial_encoder.vggt_model.pair_pose_head.") for k in extra)
 
 
 def test_tiny_asset_script_never_writes_into_the_package_by_default(capsys):

@@ -30,6 +30,8 @@ SIZES = [(2, 112, 112), (6, 224, 168), (4, 140, 196), (2, 56, 56)]
 def assert_parity(onnx_out: np.ndarray, torch_out: torch.Tensor) -> None:
     ref = torch_out.detach().float().numpy()
     assert onnx_out.shape == ref.shape
+    if ref.size == 0:  # e.g. pair_pose of a single frame: no pairs
+        return
     max_abs = float(np.abs(onnx_out - ref).max())
     rel = float(np.linalg.norm(onnx_out - ref) / max(np.linalg.norm(ref), 1e-12))
     assert max_abs <= 1e-4 * max(1.0, float(np.abs(ref).max())), max_abs
@@ -58,13 +60,17 @@ def test_spatial_encoder_parity(exported, size):
 
 
 def assert_geometry_parity(model, sessions, x: torch.Tensor) -> None:
-    """spatial_geometry ONNX outputs (pose_enc, depth, depth_conf) vs the PyTorch VGGT heads on x [1, S, 3, H, W]."""
+    """spatial_geometry ONNX outputs (pose_enc, depth, depth_conf, and pair_pose [1, S-1, 6] when
+    the model has a pair-pose head) vs the PyTorch VGGT heads on x [1, S, 3, H, W]."""
     with torch.no_grad():
         ref = model.spatial_encoder.vggt_model(x)
-    pose, depth, conf = sessions["spatial_geometry"].run(None, {"images": x.numpy()})
-    assert_parity(pose, ref["pose_enc"])
-    assert_parity(depth, ref["depth"])
-    assert_parity(conf, ref["depth_conf"])
+    outs = sessions["spatial_geometry"].run(None, {"images": x.numpy()})
+    names = ["pose_enc", "depth", "depth_conf"] + (["pair_pose"] if "pair_pose" in ref else [])
+    assert len(outs) == len(names), (len(outs), names)
+    for name, out in zip(names, outs):
+        assert_parity(out, ref[name])
+    if "pair_pose" in ref:
+        assert outs[3].shape == (1, x.shape[1] - 1, 6)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -85,6 +85,12 @@ def test_sampling_coverage_scores_each_sampler_against_the_true_geometry(held_ou
     # greedy max-coverage on the true voxels covers more than evenly spaced frames
     assert got["space_aware_sensor"] > got["uniform"], got
     assert got["camera_position_error_m"] > 0.0 and got["depth_abs_error_m"] > 0.0, got
+    # the shipped pair-pose head reads each frame's turn off the images (measured 2026-12-05 on 30
+    # test rooms, 32 candidates: heading correlation 0.99, rotation error 25 deg against 92 deg for
+    # "no motion"); the camera head it replaced scored 0.28 and 92 deg
+    assert got["camera_heading_correlation"] > 0.9, got
+    assert got["camera_rotation_error_deg"] < 0.5 * got["camera_rotation_error_no_motion_deg"], got
+    assert got["camera_position_error_m"] < got["camera_position_error_no_motion_m"], got
 
 
 def test_geometry_errors_are_zero_for_the_true_geometry(held_out):

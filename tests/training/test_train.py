@@ -115,7 +115,7 @@ def test_metrics_csv_resume_and_png(tmp_path):
 
 @pytest.mark.slow
 def test_default_pipeline_smoke(tmp_path):
-    """data -> geometry -> SFT -> export -> eval tables, a few steps each (about a minute)."""
+    """data -> geometry -> SFT -> pair-pose head -> export -> eval tables, a few steps each (about a minute)."""
     from training.pipeline import run_default
 
     cfg = load_config("training/configs/tiny_smoke.yaml", [f"output_dir={tmp_path / 'run'}",
@@ -126,6 +126,8 @@ def test_default_pipeline_smoke(tmp_path):
     from ros2_spatial_mllm.inference import SpatialMLLM
     model = SpatialMLLM.load(str(tmp_path / "export"))
     assert model.answer([np.zeros((84, 112, 3), np.uint8)] * 2, "How many chairs are there?").num_tokens >= 0
+    assert model.camera_source == "pair_pose"
+    assert model.predict_geometry(np.zeros((3, 84, 112, 3), np.uint8))["extrinsics"].shape == (3, 3, 4)
     assert (tmp_path / "run" / "report.md").is_file()
     assert set(result["report"]["macro"]) == {"uniform", "space_aware", "prior_baseline"}
 

@@ -48,6 +48,9 @@ class VGGTConfig:
         camera_trunk_depth, camera_num_heads, camera_num_iterations (iterative refinement steps).
         dpt_features, dpt_out_channels, dpt_layer_indices (None -> scaled from (4, 11, 17, 23)),
         dpt_head_features_2 (32 in the reference), dpt_frames_chunk_size (frames per DPT chunk).
+        pair_pose_head / pair_pose_dim: build `pair_pose_head` (not in VGGT-1B; the tiny preset's
+            relative-pose read-out of consecutive frames, heads/pair_pose_head.py) and its
+            descriptor width. Off by default, so the official layout is unchanged.
     """
 
     img_size: int = 518
@@ -74,6 +77,8 @@ class VGGTConfig:
     dpt_layer_indices: Optional[Tuple[int, int, int, int]] = None
     dpt_head_features_2: int = 32
     dpt_frames_chunk_size: Optional[int] = 8
+    pair_pose_head: bool = False
+    pair_pose_dim: int = 64
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -76,7 +76,7 @@ def load_vggt_state_dict(
     if strip_prefix:
         state_dict = {k[len(strip_prefix) :]: v for k, v in state_dict.items() if k.startswith(strip_prefix)}
     skip = tuple(ignored_prefixes)
-    for head in ("camera_head", "depth_head", "point_head", "track_head"):
+    for head in ("camera_head", "depth_head", "pair_pose_head", "point_head", "track_head"):
         if getattr(model, head, "absent") is None:
             skip += (head + ".",)
 

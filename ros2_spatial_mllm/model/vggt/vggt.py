@@ -15,12 +15,14 @@ from .aggregator import Aggregator
 from .config import VGGTConfig
 from .heads.camera_head import CameraHead
 from .heads.dpt_head import DPTHead
+from .heads.pair_pose_head import PairPoseHead
 
 
 class VGGT(nn.Module):
     """images [B, S, 3, H, W] (or [S, 3, H, W]) in [0, 1] -> dict of predictions.
 
-    Submodules: `aggregator`, `camera_head` (None if disabled), `depth_head` (None if disabled).
+    Submodules: `aggregator`, `camera_head` (None if disabled), `depth_head` (None if disabled),
+    `pair_pose_head` (None unless config.pair_pose_head; not in VGGT-1B).
     """
 
     def __init__(self, config: Optional[VGGTConfig] = None) -> None:
@@ -55,6 +57,7 @@ class VGGT(nn.Module):
             if cfg.enable_depth
             else None
         )
+        self.pair_pose_head = PairPoseHead(dim, cfg.pair_pose_dim) if cfg.pair_pose_head else None
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """images [B, S, 3, H, W] or [S, 3, H, W], values in [0, 1], H/W multiples of patch_size.
@@ -63,6 +66,8 @@ class VGGT(nn.Module):
             pose_enc [B, S, 9]  absT_quaR_FoV of the last refinement iteration (float32)
             pose_enc_list       list of [B, S, 9], one per iteration
             depth [B, S, H, W, 1] (> 0), depth_conf [B, S, H, W] (>= 1)
+            pair_pose [B, S-1, 6]  with pair_pose_head: rotation vector + translation of camera
+                                k+1 in camera k (chain with geometry.pair_poses_to_extrinsics)
         Decode poses with ros2_spatial_mllm.geometry.pose_encoding_to_extrinsics_intrinsics.
         Heads run with autocast disabled, in their own parameter dtype (float32 unless the
         model was cast), as in the reference; under autocast only the aggregator is lowered.
@@ -71,7 +76,7 @@ class VGGT(nn.Module):
             images = images.unsqueeze(0)
         depth = self.config.depth
         needed = set()
-        if self.camera_head is not None:
+        if self.camera_head is not None or self.pair_pose_head is not None:
             needed.add(depth - 1)
         if self.depth_head is not None:
             needed.update(self.depth_head.layer_indices)
@@ -93,4 +98,9 @@ class VGGT(nn.Module):
                 depth_map, depth_conf = self.depth_head(layers, images, patch_start_idx)
                 predictions["depth"] = depth_map
                 predictions["depth_conf"] = depth_conf
+            if self.pair_pose_head is not None:
+                head_dtype = self.pair_pose_head.proj.weight.dtype
+                grid_hw = (images.shape[-2] // self.config.patch_size, images.shape[-1] // self.config.patch_size)
+                patches = by_layer[depth - 1][:, :, patch_start_idx:].to(head_dtype)  # [B, S, N, 2C]
+                predictions["pair_pose"] = self.pair_pose_head(patches, grid_hw)
         return predictions
