@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedded preset used when --model is not given (default: tiny)")
     ask_parser.add_argument("--sampling", default="space_aware", choices=["space_aware", "uniform"],
                             help="frame selection (default: space_aware)")
+    ask_parser.add_argument("--confidence", default="frame", choices=["frame", "batch"],
+                            help="space_aware on the model's depth: keep each frame's points above its own "
+                                 "median confidence (frame, default: what the node does) or above the median "
+                                 "over all candidates (batch: the reference's offline rule)")
     ask_parser.add_argument("--num-frames", type=_positive_int, default=16,
                             help="frames given to the model (default: 16, as the paper)")
     ask_parser.add_argument("--allow-fewer-frames", action="store_true",
@@ -196,7 +200,8 @@ def ask(args: argparse.Namespace) -> dict:
             timings["geometry"] = (time.perf_counter() - lap) * 1000.0 if sensor is None else 0.0
             lap = time.perf_counter()
             if sensor is None:
-                voxels = sampling.frame_voxels_from_prediction(prediction)
+                voxels = sampling.frame_voxels_from_prediction(prediction,
+                                                               global_percentile=args.confidence == "batch")
             else:
                 voxels = [sampling.frame_voxels_from_depth(d, k, world_from_camera=pose, depth_scale=scale)
                           for d, k, pose, scale in sensor]
@@ -230,6 +235,7 @@ def ask(args: argparse.Namespace) -> dict:
                    "candidates": len(clip), "total": clip.total_frames, "fps": clip.fps, "source": clip.source},
         "sampling": {"method": args.sampling,
                      "geometry": None if args.sampling != "space_aware" else ("sensor" if sensor else "model"),
+                     "confidence": args.confidence if args.sampling == "space_aware" and not sensor else None,
                      "coverage": selection.coverage,
                      "voxel_size": selection.voxel_size, "num_voxels": selection.num_voxels,
                      "gains": selection.gains},

@@ -54,7 +54,7 @@ def test_ask_video_space_aware_prints_one_json_object(room_video):
                    "--num-frames", 4, "--max-candidates", 12, "--max-new-tokens", 4, "--unit", "m")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)  # exactly one JSON document on stdout
-    assert out["sampling"]["method"] == "space_aware"
+    assert out["sampling"]["method"] == "space_aware" and out["sampling"]["confidence"] == "frame"
     frames = out["frames"]
     assert len(frames["indices"]) == 4 and frames["indices"] == sorted(frames["indices"])
     assert frames["candidates"] == 12 and frames["total"] == 24 and frames["fps"] == 10.0
@@ -77,7 +77,7 @@ def test_ask_folder_uniform_with_options_and_clamp(png_folder):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["frames"]["indices"] == [0, 1, 2] and out["frames"]["timestamps_s"] == [0.0, 0.5, 1.0]
-    assert out["sampling"] == {"method": "uniform", "geometry": None, "coverage": None, "voxel_size": None,
+    assert out["sampling"] == {"method": "uniform", "geometry": None, "confidence": None, "coverage": None, "voxel_size": None,
                                "num_voxels": 0, "gains": []}
     assert out["options"] == ["chair", "table"]
 
