@@ -11,6 +11,7 @@ engines.profiles.select_profile (the closest `opt` shape that fits).
 """
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any, Optional
@@ -113,8 +114,12 @@ class TensorRTEngine:
                 if any(d < 0 for d in shape):
                     raise RuntimeError(f"output '{name}' has data-dependent shape {shape}; "
                                        "not supported by this runtime")
-                outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-                self.context.set_tensor_address(name, outputs[name].data_ptr())
+                # an empty output (e.g. pair_pose of a one-frame chunk: [1, 0, 6]) still needs a
+                # non-null address, so it views a one-element buffer
+                numel = math.prod(shape)
+                storage = torch.empty(max(1, numel), dtype=self.dtypes[name], device=self.device)
+                outputs[name] = storage[:numel].view(shape)
+                self.context.set_tensor_address(name, storage.data_ptr())
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the log above)")
             for t in keep.values():  # inputs must outlive the enqueued work

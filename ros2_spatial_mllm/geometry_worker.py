@@ -22,7 +22,9 @@ Two geometry sources:
   them into one persistent world frame, and the ratio of the reference's median depth in this
   chunk to its first estimate fixes the scale. When the reference leaves the buffer, the newest
   frame with model geometry becomes the reference (its world pose and depth are known), so the
-  world frame chains on. Small chunks keep each model call short (queries wait for it: the
+  world frame chains on. A model whose cameras chain consecutive steps (``camera_source ==
+  "pair_pose"``, the trained tiny default) is re-anchored on every chunk instead, so that the
+  step from the reference to the chunk's first new frame stays short. Small chunks keep each model call short (queries wait for it: the
   model lock is shared with the query engine) while the shared reference keeps all voxel sets
   in one frame and one scale; re-running the whole window per query (the reference code's way)
   is what this avoids.
@@ -329,20 +331,28 @@ class GeometryWorker:
         self._store(frame, GeometryEntry(self.build_voxels(points, None), "sensor",
                                          np.asarray(pose, np.float32), median), started)
 
-    def _choose_reference(self, first: Frame) -> _Reference:
+    def _choose_reference(self, first: Frame, chain: bool = False) -> _Reference:
+        """chain=False: keep the reference keyframe while it is buffered (VGGT's camera head
+        relates every frame of a chunk to the first directly). chain=True: the newest frame with
+        model geometry anchors each chunk, because a pair-pose head's cameras are a chain of
+        consecutive steps and its first step (reference -> first new frame) must be short."""
         ref = self._reference
-        if ref is not None and ref.stamp_ns in self.buffer:
+        if ref is not None and ref.stamp_ns in self.buffer and not chain:
             return ref
         with self._cv:   # newest frame with model geometry still buffered becomes the reference
             known = [(s, e) for s, e in self._cache.items() if e.source == "model" and s in self.buffer]
         if ref is not None and known:
             stamp, entry = max(known, key=lambda item: item[0])
+            if stamp == ref.stamp_ns:
+                return ref
             frame = self.buffer.get(stamp)
             if frame is not None:
                 self._counts["reanchored"] += 1
                 self._reference = _Reference(stamp, self._resize(frame.rgb, ref.rgb.shape[:2]),
                                              entry.world_from_camera.astype(np.float64), entry.median_depth)
                 return self._reference
+        if ref is not None and ref.stamp_ns in self.buffer:
+            return ref
         # first chunk (or nothing to chain from): this chunk's first frame defines the world
         self._reference = _Reference(first.stamp_ns, np.ascontiguousarray(first.rgb),
                                      np.eye(4), float("nan"))
@@ -361,7 +371,7 @@ class GeometryWorker:
             with self._cv:
                 self._pending.extendleft((f, time.monotonic()) for f in reversed(chunk))
             return
-        ref = self._choose_reference(chunk[0])
+        ref = self._choose_reference(chunk[0], chain=getattr(model, "camera_source", None) == "pair_pose")
         new = [f for f in chunk if f.stamp_ns != ref.stamp_ns]
         images = np.stack([ref.rgb] + [self._resize(f.rgb, ref.rgb.shape[:2]) for f in new])  # [N, H, W, 3]
         with self.model_lock:

@@ -41,13 +41,14 @@ def pair_pose_targets(cam_from_world: torch.Tensor) -> torch.Tensor:
     return torch.cat([matrix_to_rotation_vector(step[..., :3, :3]), step[..., :3, 3]], dim=-1).float()
 
 
-def attach_pair_pose_head(model, seed: int = 0):
-    """Give the model's VGGT a pair-pose head (seeded init) unless it has one; the flag goes into
-    the Spatial-MLLM config so the checkpoint reloads with it. Returns the head."""
+def attach_pair_pose_head(model, seed: int = 0, reinit: bool = True):
+    """Give the model's VGGT a freshly initialised (seeded) pair-pose head, or keep the one it has
+    when reinit is False (fine-tuning); the flag goes into the Spatial-MLLM config so the
+    checkpoint reloads with it. Returns the head."""
     from ros2_spatial_mllm.model.vggt.heads import PairPoseHead
 
     vggt = model.spatial_encoder.vggt_model
-    if vggt.pair_pose_head is None:
+    if reinit or vggt.pair_pose_head is None:
         vggt.config.pair_pose_head = True
         setattr(model.config.spatial_config, "pair_pose_head", True)
         setattr(model.config.spatial_config, "pair_pose_dim", vggt.config.pair_pose_dim)
@@ -84,7 +85,7 @@ def run_pair_pose(cfg: dict, env: DistEnv | None = None) -> dict:
     model, processor = build_model(cfg.get("model", {}))
     for p in model.parameters():
         p.requires_grad_(False)
-    head = attach_pair_pose_head(model, seed)
+    head = attach_pair_pose_head(model, seed, reinit=bool(pcfg.get("reinit", True)))
     for p in head.parameters():
         p.requires_grad_(True)
     vggt = model.spatial_encoder.vggt_model.eval()

@@ -46,6 +46,27 @@ def _done(out: Path, name: str) -> bool:
     return (out / name / "final" / "config.json").is_file()
 
 
+def _weights_digest(model_dir: Path) -> str:
+    """sha256 over a checkpoint's safetensors files (sorted by name)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _made_from_other_weights(out: Path, name: str, digest: str) -> bool:
+    """A finished stage whose input.json does not record `digest` (or is missing) is stale."""
+    marker = out / name / "input.json"
+    if not _done(out, name):
+        return False
+    return not marker.is_file() or json.loads(marker.read_text()).get("sha256") != digest
+
+
 def ensure_data(cfg: dict) -> Path:
     """Render the synthetic dataset with the data engine unless data.root already has it.
 
@@ -271,8 +292,16 @@ def run_default(cfg: dict) -> dict:
         init = str(out / "grpo" / "final")
     if cfg.get("pair_pose", {}).get("enabled", False) and cfg.get("model", {}).get("preset", "tiny") == "tiny":
         from training.pair_pose import run_pair_pose
-        if force or not _done(out, "pair_pose"):
+        # pair_pose/final is a whole model: redo the head when the model it was added to has
+        # changed (e.g. cached_sft deleted and rerun), or the export would carry the old weights
+        marker, digest = out / "pair_pose" / "input.json", _weights_digest(Path(init))
+        stale = _made_from_other_weights(out, "pair_pose", digest)
+        if force or stale or not _done(out, "pair_pose"):
+            if stale:
+                import shutil
+                shutil.rmtree(out / "pair_pose")
             run_pair_pose(_stage_cfg(cfg, "pair_pose", out, init))
+            marker.write_text(json.dumps({"init": init, "sha256": digest}))
         init = str(out / "pair_pose" / "final")
     result = {"final_dir": init}
     if int(__import__("os").environ.get("RANK", "0")) > 0:

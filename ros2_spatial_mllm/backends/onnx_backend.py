@@ -59,6 +59,12 @@ class OnnxRuntimeBackend(EncoderBackend):
         missing = [c for c in REQUIRED if c not in self.sessions]
         if missing:
             raise FileNotFoundError(f"{self.onnx_dir} lacks exported components {missing}")
+        geometry = self.sessions.get("spatial_geometry")
+        if (geometry is not None and getattr(model.spatial_encoder.vggt_model, "pair_pose_head", None) is not None
+                and "pair_pose" not in [o.name for o in geometry.get_outputs()]):
+            # its cameras would silently come from the camera head while camera_source says pair_pose
+            raise ValueError(f"{self.onnx_dir}: spatial_geometry was exported without the model's pair_pose "
+                             f"output (an export older than the model); run `spatial-mllm-engines export` again")
         self._torch = TorchBackend(model) if "spatial_geometry" not in self.sessions else None
 
     def _run(self, component: str, x: torch.Tensor) -> list[torch.Tensor]:

@@ -49,5 +49,6 @@ class SpatialEncoder(nn.Module):
     @torch.inference_mode()
     def predict_geometry(self, frames: torch.Tensor) -> dict:
         """Full VGGT (aggregator + camera + depth heads): frames [B, S, 3, H, W] in [0, 1] ->
-        dict(pose_enc [B, S, 9], depth [B, S, H, W, 1], depth_conf [B, S, H, W])."""
+        dict(pose_enc [B, S, 9], depth [B, S, H, W, 1], depth_conf [B, S, H, W]), plus
+        pair_pose [B, S-1, 6] when the VGGT has a pair-pose head."""
         return self.vggt_model(frames)

@@ -81,12 +81,16 @@ def test_queue_full_drops_oldest_pending_and_counts(rendered):
 class GroundTruthGeometry:
     """predict_geometry from the renderer: exact depth and poses, world = first frame, scale s."""
 
-    def __init__(self, items):
+    def __init__(self, items, camera_source="camera_head"):
         self.by_image = {item[1].tobytes(): item for item in items}
+        self.index = {item[1].tobytes(): i for i, item in enumerate(items)}
+        self.camera_source = camera_source
         self.calls = 0
+        self.batches = []                               # rendered indices of each call's frames
 
     def predict_geometry(self, frames):
         self.calls += 1
+        self.batches.append([self.index[f.tobytes()] for f in frames])
         scale = 0.5 + 0.37 * self.calls                 # a different scale every batch
         items = [self.by_image[f.tobytes()] for f in frames]
         first_from_world = np.linalg.inv(items[0][0])
@@ -122,6 +126,32 @@ def test_model_chunks_share_one_world_frame_and_scale_across_reanchoring(rendere
         truth = first_from_world @ rendered[i][0]
         np.testing.assert_allclose(est[:3, :3], truth[:3, :3], atol=1e-4)
         np.testing.assert_allclose(est[:3, 3], truth[:3, 3] * scale0, atol=1e-3)
+
+
+@pytest.mark.parametrize("camera_source", ["camera_head", "pair_pose"])
+def test_pair_pose_models_anchor_each_chunk_on_the_newest_frame(rendered, camera_source):
+    """A camera head relates every frame of a chunk to its first directly, so the reference
+    keyframe stays while buffered; a pair-pose head chains consecutive steps, so each chunk must
+    start from the newest frame that already has geometry. Poses stay exact either way."""
+    buf = FrameBuffer(max_frames=16)                    # nothing is evicted
+    oracle = GroundTruthGeometry(rendered, camera_source)
+    worker = GeometryWorker(buf, model_provider=lambda: oracle, chunk_size=3, autostart=False)
+    for i, (_, rgb, _) in enumerate(rendered):
+        buf.add(Frame(i * S, "cam", rgb))
+        worker.start()
+        assert worker.wait_idle(10)
+        worker.stop()
+    later = oracle.batches[1:]
+    assert later and all(len(batch) == 2 for batch in later)
+    if camera_source == "pair_pose":
+        assert all(batch[0] == batch[1] - 1 for batch in later), oracle.batches
+    else:
+        assert all(batch[0] == 0 for batch in later), oracle.batches
+    first_from_world = np.linalg.inv(rendered[0][0])
+    for i in range(len(rendered)):
+        est, truth = worker.entry(i * S).world_from_camera, first_from_world @ rendered[i][0]
+        np.testing.assert_allclose(est[:3, :3], truth[:3, :3], atol=1e-4)
+        np.testing.assert_allclose(est[:3, 3], truth[:3, 3] * (0.5 + 0.37), atol=1e-3)
 
 
 def test_model_path_waits_for_model_and_uses_the_real_tiny_model(rendered):

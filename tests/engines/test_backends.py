@@ -159,3 +159,23 @@ def test_node_tensorrt_backend_never_builds_at_activate(tiny_onnx_dir, tmp_path)
     error = engine.state_error
     assert ("TensorRT" in error and "CUDA" in error) or "spatial-mllm-engines build" in error
     assert not cache.exists() or not any(cache.rglob("*.engine"))
+
+
+def test_export_without_the_pair_pose_output_is_refused(tiny_model, tiny_onnx_dir, tmp_path):
+    """An ONNX export made before the model gained its pair-pose head would give camera-head
+    cameras while camera_source says pair_pose: the backend refuses it with a clear error."""
+    import shutil
+
+    from engines.export import export_component
+    from ros2_spatial_mllm.backends import get_backend
+    from training.model_io import build_model
+
+    assert tiny_model.spatial_encoder.vggt_model.pair_pose_head is not None
+    stale = tmp_path / "onnx"
+    shutil.copytree(tiny_onnx_dir, stale)
+    headless, _ = build_model({"init": "random"})            # the preset without the head
+    assert headless.spatial_encoder.vggt_model.pair_pose_head is None
+    export_component(headless, "spatial_geometry", stale, example_size=(2, 84, 112))
+    with pytest.raises(ValueError, match="without the model's pair_pose output"):
+        get_backend("onnxruntime", tiny_model, onnx_dir=stale)
+    assert get_backend("onnxruntime", headless, onnx_dir=stale) is not None

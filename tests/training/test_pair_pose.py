@@ -105,6 +105,11 @@ def test_stage_adds_a_head_that_reloads_and_drives_predict_geometry(tmp_path):
     finally:
         engine.close()
     assert source == "pair_pose" and geo["extrinsics"].shape == (3, 3, 4)
+    # the cameras are the head's chained steps (the camera head's would differ)
+    with torch.no_grad():
+        x = torch.from_numpy(clip["images"]).permute(0, 3, 1, 2).float()[None] / 255.0
+        steps = model.spatial_encoder.vggt_model(x)["pair_pose"][0]
+    np.testing.assert_allclose(geo["extrinsics"], pair_poses_to_extrinsics(steps.double()).numpy(), atol=1e-4)
     assert np.allclose(geo["extrinsics"][0], np.eye(4)[:3], atol=1e-6)
     # without the head (a fresh tiny preset) the camera head's poses are used, as for VGGT-1B
     from ros2_spatial_mllm.model.checkpoint import save_checkpoint
@@ -117,3 +122,25 @@ def test_stage_adds_a_head_that_reloads_and_drives_predict_geometry(tmp_path):
         assert plain.camera_source == "camera_head"
     finally:
         plain.close()
+
+
+def test_pipeline_redoes_the_head_when_the_model_under_it_changed(tmp_path):
+    """pair_pose/final is a whole model: after an earlier stage is rerun, the pipeline must not
+    export the old weights with the head, so a finished pair_pose stage made from other weights
+    counts as stale."""
+    import json
+
+    from training.pipeline import _made_from_other_weights, _weights_digest
+
+    model = tmp_path / "sft_final"
+    model.mkdir()
+    (model / "model-00001-of-00001.safetensors").write_bytes(b"weights v1")
+    digest = _weights_digest(model)
+    assert not _made_from_other_weights(tmp_path, "pair_pose", digest)          # not run yet
+    (tmp_path / "pair_pose" / "final").mkdir(parents=True)
+    (tmp_path / "pair_pose" / "final" / "config.json").write_text("{}")
+    assert _made_from_other_weights(tmp_path, "pair_pose", digest)              # no record of its input
+    (tmp_path / "pair_pose" / "input.json").write_text(json.dumps({"sha256": digest}))
+    assert not _made_from_other_weights(tmp_path, "pair_pose", digest)
+    (model / "model-00001-of-00001.safetensors").write_bytes(b"weights v2")     # SFT rerun
+    assert _made_from_other_weights(tmp_path, "pair_pose", _weights_digest(model))
