@@ -17,7 +17,9 @@ Supervision: smooth-L1 on (rotation vector in radians, translation in metres) of
 camera k for consecutive frames of the data engine's training clips, encoded as whole clips
 exactly as `predict_geometry` encodes its candidates. The tokens are computed once (the
 aggregator is frozen), then the head trains on them. Own loop (training/loop.py) for the same
-reason as the geometry stage: no language-model loss here.
+reason as the geometry stage: no language-model loss here. One process: the head is small (6 min
+on 2 CPU cores); under torchrun (the default pipeline's multi-process form) every rank trains the
+same batches to the same head and only rank 0 writes checkpoints.
 """
 from __future__ import annotations
 
