@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.flops import count_flops  # noqa: E402
 from engines.export import export_all  # noqa: E402
 from engines.export_modules import SpatialEncoderExport, VisionEncoderExport  # noqa: E402
 from engines.model_factory import build_model  # noqa: E402
@@ -118,14 +119,6 @@ def decode_rates(backends: dict, decoder: LLMDecoder, frames, runs: int, new_tok
         for name in backends:
             rates[name].append(decoder.generate(*prompts[name], settings).decode_tokens_per_s)
     return {name: round(statistics.median(v), 1) for name, v in rates.items()}
-
-
-def count_flops(fn: Callable) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def spatial_encoder_flops(frames: int, height: int, width: int, preset: str = "official") -> float:

@@ -53,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.flops import count_flops  # noqa: E402
 from ros2_spatial_mllm.buffer import Frame, FrameBuffer  # noqa: E402
 from ros2_spatial_mllm.geometry import depth_to_world_points, invert_extrinsics  # noqa: E402
 from ros2_spatial_mllm.geometry_worker import GeometryWorker  # noqa: E402
@@ -169,14 +170,6 @@ def tiny_section(args) -> dict:
                   "ours_coverage_own_voxels": round(float(coverage), 4)},
         "index_selects": stats["index_selects"],
     }
-
-
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def official_flops(frames: int, height: int, width: int) -> dict:

@@ -24,10 +24,10 @@ Two geometry sources:
   frame with model geometry becomes the reference (its world pose and depth are known), so the
   world frame chains on. A model whose cameras chain consecutive steps (``camera_source ==
   "pair_pose"``, the trained tiny default) is re-anchored on every chunk instead, so that the
-  step from the reference to the chunk's first new frame stays short. Small chunks keep each model call short (queries wait for it: the
-  model lock is shared with the query engine) while the shared reference keeps all voxel sets
-  in one frame and one scale; re-running the whole window per query (the reference code's way)
-  is what this avoids.
+  step from the reference to the chunk's first new frame stays short. Small chunks keep each
+  model call short (queries wait for it: the model lock is shared with the query engine) while
+  the shared reference keeps all voxel sets in one frame and one scale; re-running the whole
+  window per query (the reference code's way) is what this avoids.
 """
 from __future__ import annotations
 

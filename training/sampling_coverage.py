@@ -8,13 +8,13 @@ For each of the first --scenes videos of --split: voxelise every frame from the 
 and poses (the truth), then pick --frames frames three ways: uniformly; by space-aware sampling
 on that sensor geometry (what training's `mixed` frame sets and a robot with a depth camera get);
 by space-aware sampling on the model's own predicted depth and cameras over --candidates uniform
-candidates (what evaluation and a camera-only robot get; --confidence: which depth points count). Each pick is scored by the fraction of
-the video's true voxels (the sampler's own grid) its frames see. Prints one JSON object with the
-mean per sampler, and the mean camera-position, camera-rotation and depth errors of the model's
-geometry, each camera error next to that of a trivial "no motion" guess (every camera where the
-first one is: what a camera head that learned nothing would score), and the correlation of
-predicted and true headings (does the head read each frame's turn off the images?); scenes must
-have been rendered with save_depth.
+candidates (what evaluation and a camera-only robot get; --confidence: which depth points count).
+Each pick is scored by the fraction of the video's true voxels (the sampler's own grid) its frames
+see. Prints one JSON object with the mean per sampler, and the mean camera-position, camera-
+rotation and depth errors of the model's geometry, each camera error next to that of a trivial "no
+motion" guess (every camera where the first one is: what a camera head that learned nothing would
+score), and the correlation of predicted and true headings (does the head read each frame's turn
+off the images?); scenes must have been rendered with save_depth.
 """
 from __future__ import annotations
 
