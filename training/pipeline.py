@@ -28,6 +28,7 @@ import json
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 
 from training.trainer_utils import deep_update
 
@@ -207,8 +208,10 @@ def run_eval(model_dir: Path, data_root: Path, out: Path, ecfg: dict) -> dict:
     return results
 
 
-def report(results: dict, out: Path, header: str) -> dict:
-    """report.md (one row per task, a column per run) and report.json with the macro figures."""
+def report(results: dict, out: Path, header: str, eval_dir: Optional[Path] = None) -> dict:
+    """report.md (one row per task, a column per run) and report.json with the macro figures;
+    with eval_dir (run_eval's out), each space-aware run's VSI difference from uniform also gets
+    its 95 % interval over rooms (training/eval/compare.py, paired on the same questions)."""
     runs = list(results)
     tasks = sorted({t for r in results.values() for t in r["tasks"]})
     lines = [f"## {header}", "", "| task | n | " + " | ".join(runs) + " |", "|---|---:|" + "---:|" * len(runs)]
@@ -231,6 +234,11 @@ def report(results: dict, out: Path, header: str) -> dict:
         if sa in macros and "uniform" in macros and macros["uniform"]["vsibench"] is not None:
             checks[f"{sa}_minus_uniform_vsibench_points"] = round(
                 100 * (macros[sa]["vsibench"] - macros["uniform"]["vsibench"]), 2)
+            if eval_dir is not None and (eval_dir / sa / "predictions.jsonl").is_file():
+                from training.eval.compare import compare, load_predictions
+                paired = compare(load_predictions(eval_dir / "uniform"), load_predictions(eval_dir / sa))
+                checks[f"{sa}_minus_uniform_vsibench_interval95"] = [
+                    round(100 * paired["vsibench"][k], 2) for k in ("low", "high")]
     lines += ["", "Checks (points): " + ", ".join(f"{k} = {v}" for k, v in checks.items())]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -313,7 +321,7 @@ def run_default(cfg: dict) -> dict:
     if ecfg.get("enabled", True):
         results = run_eval(Path(init), data_root, out / "eval", ecfg)
         result["report"] = report(results, out, f"{Path(init)} on {data_root} ({ecfg.get('split', 'test')} split, "
-                                                f"{ecfg.get('num_frames', 8)} frames)")
+                                                f"{ecfg.get('num_frames', 8)} frames)", eval_dir=out / "eval")
     (out / "pipeline.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 

@@ -234,3 +234,13 @@ def test_attention_capture_equals_the_layer_eager_attention(tmp_path):
     real = mask.bool()
     assert torch.allclose(capture.weights[0], eager[0], atol=1e-5)
     assert torch.allclose(capture.weights[1][:, real[1]][:, :, real[1]], eager[1][:, real[1]][:, :, real[1]], atol=1e-5)
+
+
+def test_frame_cache_holds_every_frame_of_the_default_data():
+    # cached SFT draws random rooms; a cache smaller than the data set rebuilds frames from PNGs
+    # over and over (a quarter of each step with the former 4,096)
+    from training.aux_targets import frame_blocks
+    from training.trainer_utils import load_config
+
+    gen = load_config("training/configs/tiny_default.yaml")["data"]["generate"]
+    assert frame_blocks.cache_info().maxsize >= gen["num_scenes"] * gen["num_frames"]

@@ -93,6 +93,24 @@ def score_record(record: Mapping, reply: str) -> float:
     return score_multispa(reply, record["answer"], answer_type, extra.get("image_width"), extra.get("image_height"))
 
 
+def family_overall(task_scores: Mapping, family_of: Mapping[str, str]) -> Dict:
+    """Task means -> {"vsibench": {"tasks", "overall", "complete"}, "multispa": {"overall"}} by
+    the rules of the module docstring. Values may be floats or equal-shape numpy arrays (one entry
+    per bootstrap round, training/eval/compare.py); the arithmetic is the same."""
+    vsi: Dict = {}
+    for t in VSI_MAIN_TASKS:
+        if t == "object_rel_direction":
+            subs = [task_scores[s] for s in VSI_REL_DIRECTION if s in task_scores]
+            if subs:
+                vsi[t] = sum(subs) / len(subs)
+        elif t in task_scores:
+            vsi[t] = task_scores[t]
+    multi = [v for t, v in task_scores.items() if family_of.get(t) == "multispa"]
+    return {"vsibench": {"tasks": vsi, "overall": (sum(vsi.values()) / len(vsi)) if vsi else None,
+                         "complete": len(vsi) == len(VSI_MAIN_TASKS)},
+            "multispa": {"overall": (sum(multi) / len(multi)) if multi else None}}
+
+
 def aggregate(scored: Iterable[Mapping]) -> Dict:
     """Per-task means and overall figures.
 
@@ -106,16 +124,5 @@ def aggregate(scored: Iterable[Mapping]) -> Dict:
         sums[item["task_type"]].append(float(item["score"]))
         family_of[item["task_type"]] = item.get("family", "vsibench")
     tasks = {t: {"n": len(v), "score": sum(v) / len(v), "family": family_of[t]} for t, v in sorted(sums.items())}
-    vsi: Dict[str, float] = {}
-    for t in VSI_MAIN_TASKS:
-        if t == "object_rel_direction":
-            subs = [tasks[s]["score"] for s in VSI_REL_DIRECTION if s in tasks]
-            if subs:
-                vsi[t] = sum(subs) / len(subs)
-        elif t in tasks:
-            vsi[t] = tasks[t]["score"]
-    multi = [v["score"] for t, v in tasks.items() if v["family"] == "multispa"]
-    return {"n": sum(v["n"] for v in tasks.values()), "tasks": tasks,
-            "vsibench": {"tasks": vsi, "overall": (sum(vsi.values()) / len(vsi)) if vsi else None,
-                         "complete": len(vsi) == len(VSI_MAIN_TASKS)},
-            "multispa": {"overall": (sum(multi) / len(multi)) if multi else None}}
+    overall = family_overall({t: v["score"] for t, v in tasks.items()}, family_of)
+    return {"n": sum(v["n"] for v in tasks.values()), "tasks": tasks, **overall}
