@@ -127,3 +127,68 @@ def test_pipeline_report_carries_the_paired_interval(tmp_path):
     low, high = checks["space_aware_minus_uniform_vsibench_interval95"]
     assert 0 < low <= checks["space_aware_minus_uniform_vsibench_points"] <= high
     assert "space_aware_minus_uniform_vsibench_interval95" in (tmp_path / "report.md").read_text()
+
+
+def test_interval_resamples_rooms_not_questions():
+    # B gains on every question of half the rooms: a room-level effect. Resampling rooms must see
+    # that spread; resampling single questions (every question its own room) understates it.
+    a = _run(8)
+    b = {k: {**v, "score": 1.0 if int(room_of(k).split("_")[1]) % 2 == 0 else v["score"]} for k, v in a.items()}
+    by_room = compare(a, b, rounds=1000)["vsibench"]
+
+    def alone(run):  # the same rows, each question in a room of its own
+        return {f"q{n}_{i}_000": {**row, "id": f"q{n}_{i}_000"} for n, (i, row) in enumerate(sorted(run.items()))}
+
+    by_question = compare(alone(a), alone(b), rounds=1000)["vsibench"]
+    assert by_room["diff"] == pytest.approx(by_question["diff"])
+    assert by_room["high"] - by_room["low"] > 1.5 * (by_question["high"] - by_question["low"])
+
+
+def test_too_few_rooms_per_task_gives_no_interval(capsys, tmp_path):
+    # four rooms, each asking one task only: most resamples miss a task, so no honest interval
+    rows = {}
+    for r, task in enumerate(VSI_TASKS[:4]):
+        for q in range(5):
+            qid = f"test_{r:08d}_{q:03d}"
+            rows[qid] = {"id": qid, "task_type": task, "family": "vsibench", "score": float(q % 2)}
+    other = {k: {**v, "score": 1.0} for k, v in rows.items()}
+    result = compare(rows, other, rounds=500)
+    assert result["vsibench"]["diff"] > 0
+    assert result["vsibench"]["low"] is None and result["vsibench"]["high"] is None
+    assert result["agree"] is None
+    for name, run in (("a.jsonl", rows), ("b.jsonl", other)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+    assert main([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--rounds", "100"]) == 0
+    assert "too few rooms" in capsys.readouterr().out
+
+
+def test_the_same_ids_must_be_the_same_questions():
+    a = _run(0)
+    b = {k: dict(v) for k, v in a.items()}
+    first = next(iter(b))
+    b[first]["task_type"] = "route_planning" if b[first]["task_type"] != "route_planning" else "object_counting"
+    with pytest.raises(ValueError, match="not the same data set"):
+        compare(a, b)
+    c = {k: {**v, "answer": "A"} for k, v in a.items()}
+    d = {k: {**v, "answer": "B" if k == first else "A"} for k, v in a.items()}
+    with pytest.raises(ValueError, match="another task or answer"):
+        compare(c, d)
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '{"id": "r_1_000", "task_type": "x", "score": null}',
+                                  '{"id": "r_1_000", "score": 1}', 'not json'])
+def test_bad_rows_are_one_line_errors(tmp_path, capsys, line):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line + "\n")
+    assert main([str(bad), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("compare: ") and "bad.jsonl:1: not a prediction row" in err[0]
+
+
+def test_unwritable_out_is_a_one_line_error(tmp_path, capsys):
+    a = _run(0)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in a.values()))
+    assert main([str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "--rounds", "10",
+                 "--out", str(tmp_path / "missing" / "diff.json")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("compare: ") and len(captured.err.splitlines()) == 1

@@ -15,7 +15,9 @@ same question ids. Questions of one room share frames, so they are not independe
 interval resamples whole rooms with replacement (the room is the id without its last `_NNN`), and
 scores both runs on the same resample. An interval that contains 0 means the two runs differ by
 no more than rooms drawn at random would make them differ: the question of "do two training runs
-agree within noise" (README "Training") or "does one sampler beat another".
+agree within noise" (README "Training") or "does one sampler beat another". When most resamples
+miss one of a figure's tasks (a handful of rooms, as in the tiny run above) the figure gets no
+interval ("too few rooms") rather than one biased toward the point estimate.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from training.eval.scorer import family_overall
+
+MIN_VALID_ROUNDS = 0.99   # share of bootstrap rounds in which every task of a figure was drawn
 
 
 def load_predictions(path: str | Path) -> Dict[str, dict]:
@@ -43,8 +47,11 @@ def load_predictions(path: str | Path) -> Dict[str, dict]:
             if line.strip():
                 try:
                     row = json.loads(line)
-                    rows[row["id"]] = row
-                except (ValueError, KeyError) as exc:
+                    if not isinstance(row, dict) or not isinstance(row.get("task_type"), str):
+                        raise ValueError("no task_type")
+                    row["score"] = float(row["score"])
+                    rows[str(row["id"])] = row
+                except (ValueError, KeyError, TypeError) as exc:
                     raise ValueError(f"{path}:{n}: not a prediction row ({exc})") from None
     return rows
 
@@ -69,6 +76,11 @@ def compare(a: Mapping[str, dict], b: Mapping[str, dict], rounds: int = 2000, se
         raise ValueError(f"the runs score different questions ({only_a} only in A, {only_b} only in B)")
     if not a:
         raise ValueError("no questions to compare")
+    differ = [i for i in a if a[i]["task_type"] != b[i]["task_type"]
+              or str(a[i].get("answer", "")) != str(b[i].get("answer", ""))]
+    if differ:
+        raise ValueError(f"{len(differ)} question ids have another task or answer in B (e.g. {differ[0]}): "
+                         "not the same data set")
     ids = sorted(a)
     rooms = sorted({room_of(i) for i in ids})
     tasks = sorted({a[i]["task_type"] for i in ids})
@@ -106,9 +118,14 @@ def compare(a: Mapping[str, dict], b: Mapping[str, dict], rounds: int = 2000, se
         if va is None or vb is None:
             return {}
         diff = get(boot[1]) - get(boot[0])
-        low, high = np.nanpercentile(diff, [low_q, high_q])
-        return {"a": float(va[0]), "b": float(vb[0]), "diff": float(vb[0] - va[0]),
-                "low": float(low), "high": float(high)}
+        valid = np.isfinite(diff)
+        out = {"a": float(va[0]), "b": float(vb[0]), "diff": float(vb[0] - va[0]), "low": None, "high": None}
+        # a round that drew no room asking one of the figure's tasks has no value for it; keeping
+        # only the other rounds would bias the interval toward rooms that ask everything (with a
+        # handful of rooms, toward the point estimate itself), so too few valid rounds: no interval
+        if valid.mean() >= MIN_VALID_ROUNDS:
+            out["low"], out["high"] = (float(v) for v in np.percentile(diff[valid], [low_q, high_q]))
+        return out
 
     result = {"questions": len(ids), "rooms": len(rooms), "rounds": rounds, "level": level,
               "tasks": {t: {"n": int(counts[:, task_index[t]].sum()), "family": family_of[t],
@@ -116,7 +133,10 @@ def compare(a: Mapping[str, dict], b: Mapping[str, dict], rounds: int = 2000, se
               "vsibench_tasks": {t: row(lambda s, t=t: s["vsibench_tasks"].get(t))
                                  for t in point[0]["vsibench_tasks"]},
               "vsibench": row(lambda s: s["vsibench"]), "multispa": row(lambda s: s["multispa"])}
-    result["agree"] = all(r["low"] <= 0 <= r["high"] for r in (result["vsibench"], result["multispa"]) if r)
+    figures = [r for r in (result["vsibench"], result["multispa"]) if r]
+    # None: no interval could be given (too few rooms per task)
+    result["agree"] = (None if any(r["low"] is None for r in figures)
+                       else all(r["low"] <= 0 <= r["high"] for r in figures))
     return result
 
 
@@ -128,8 +148,10 @@ def markdown(result: Dict, names: Sequence[str] = ("A", "B")) -> str:
 
     def line(label, n, r):
         if r:
+            interval = ("too few rooms" if r["low"] is None
+                        else f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]")
             lines.append(f"| {label} | {n} | {100 * r['a']:.1f} | {100 * r['b']:.1f} | {100 * r['diff']:+.1f} | "
-                         f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] |")
+                         f"{interval} |")
 
     for t, r in result["tasks"].items():
         line(t, r["n"], r)
@@ -156,12 +178,12 @@ def main(argv=None) -> int:
             raise ValueError("--rounds must be >= 1 and --level in (0, 1)")
         result = compare(load_predictions(args.run_a), load_predictions(args.run_b), args.rounds, args.seed,
                          args.level)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
     except (OSError, ValueError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     print(markdown(result, args.names), end="")
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 
 
