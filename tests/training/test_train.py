@@ -130,8 +130,10 @@ def test_default_pipeline_smoke(tmp_path):
     assert model.predict_geometry(np.zeros((3, 84, 112, 3), np.uint8))["extrinsics"].shape == (3, 3, 4)
     assert (tmp_path / "run" / "report.md").is_file()
     assert set(result["report"]["macro"]) == {"uniform", "space_aware", "prior_baseline"}
-    # the smoke evaluation asks 40 questions of a couple of rooms: too few for an interval
-    assert result["report"]["checks"]["space_aware_minus_uniform_vsibench_interval95"] is None
+    # the paired interval is reported; with the smoke's few rooms it may be None (too few rooms)
+    checks = result["report"]["checks"]
+    interval = checks["space_aware_minus_uniform_vsibench_interval95"]
+    assert interval is None or interval[0] <= checks["space_aware_minus_uniform_vsibench_points"] <= interval[1]
 
 
 def test_patch_points_lie_on_the_plane_in_the_first_camera():
