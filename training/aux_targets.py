@@ -65,7 +65,8 @@ def scene_info(scene_dir: str) -> dict:
 
 # Every frame of the default data set fits (2,000 rooms x 32 frames, ~2.5 KB each: ~200 MB). SFT
 # rows draw random rooms, so a cache of 4,096 frames missed ~94 % of lookups and rebuilt each
-# frame from its PNGs (2.5 ms) about eight times over a run: a quarter of every cached-SFT step.
+# frame from its PNGs (2.5 ms) about eight times over a run: a quarter of the cached-SFT profile
+# (docs/frame_signal.md, eighth sprint; the wall-time saving did not show on that VM).
 FRAME_CACHE_SIZE = 1 << 17
 
 
