@@ -71,6 +71,8 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ros2_spatial_mllm.sampling.sources import add_confidence_option
+
     parser = _Parser(prog="spatial-mllm", description="Spatial questions about videos (Spatial-MLLM).")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -85,10 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedded preset used when --model is not given (default: tiny)")
     ask_parser.add_argument("--sampling", default="space_aware", choices=["space_aware", "uniform"],
                             help="frame selection (default: space_aware)")
-    ask_parser.add_argument("--confidence", default="frame", choices=["frame", "batch"],
-                            help="space_aware on the model's depth: keep each frame's points above its own "
-                                 "median confidence (frame, default: what the node does) or above the median "
-                                 "over all candidates (batch: the reference's offline rule)")
+    add_confidence_option(ask_parser)
     ask_parser.add_argument("--num-frames", type=_positive_int, default=16,
                             help="frames given to the model (default: 16, as the paper)")
     ask_parser.add_argument("--allow-fewer-frames", action="store_true",

@@ -99,9 +99,11 @@ def select_records(records: list[dict], scfg: dict) -> list[dict]:
     return out
 
 
-def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
+def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatureCache) -> dict:
     """Run the stage from a config dict (see training/configs/cached_sft_tiny.yaml); `section`
-    names the config block (the pipeline's `align` stage is this stage with only_tasks set)."""
+    names the config block (the pipeline's `align` stage is this stage with only_tasks set).
+    `cache_cls(model, encoder)` builds the feature cache (diagnostics swap in one that edits the
+    tokens, training/position_oracle.py)."""
     from training.frame_signal import format_table, frame_signal, spread
     from training.model_io import ExampleEncoder, build_model, load_qa_records
 
@@ -129,7 +131,7 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft") -> dict:
     if not records:
         raise RuntimeError("cached_sft: no training questions found (check data.* in the config)")
     encoder = ExampleEncoder(model, assets_dir, dcfg, seed=seed)
-    cache = VisualFeatureCache(model, encoder)
+    cache = cache_cls(model, encoder)
     store = open_store(cfg, out_dir, model, encoder)
     stats = precompute(cache, records, "encode train frames", env.is_main, store)
     if env.is_main:

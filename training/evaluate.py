@@ -35,6 +35,8 @@ import numpy as np
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ros2_spatial_mllm.sampling.sources import add_confidence_option
+
     p = argparse.ArgumentParser(prog="spatial-mllm-eval", description="Evaluate a Spatial-MLLM on a dataset split")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local checkpoint directory")
@@ -45,10 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", choices=["space_aware", "space_aware_sensor", "uniform"], default="space_aware",
                    help="frame sampler: space_aware on the model's predicted geometry, space_aware_sensor on the "
                         "scene's depth + poses, or uniform")
-    p.add_argument("--confidence", choices=["frame", "batch"], default="frame",
-                   help="space_aware: keep each frame's points above the median of its own depth confidence "
-                        "(frame: what the node's geometry worker does) or above the median over all candidates "
-                        "(batch: the reference's offline rule)")
+    add_confidence_option(p)
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget per answer")

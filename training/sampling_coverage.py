@@ -124,6 +124,8 @@ def measure(model, data_dir: Path, split: str = "test", scenes: int = 30, k: int
 
 
 def main(argv=None) -> int:
+    from ros2_spatial_mllm.sampling.sources import add_confidence_option
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local checkpoint directory (its spatial encoder predicts the geometry)")
@@ -133,9 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=30, help="videos to score")
     p.add_argument("--frames", type=int, default=8, help="frames each sampler picks")
     p.add_argument("--candidates", type=int, default=32, help="uniform candidates the model's geometry sees")
-    p.add_argument("--confidence", choices=["frame", "batch"], default="frame",
-                   help="depth points kept for the model's voxels: above each frame's median confidence "
-                        "(frame, the node's rule) or above the median over all candidates (batch)")
+    add_confidence_option(p)
     args = p.parse_args(argv)
     try:
         from ros2_spatial_mllm.inference import SpatialMLLM

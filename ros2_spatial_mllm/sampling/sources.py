@@ -23,9 +23,20 @@ from ros2_spatial_mllm.sampling.space_aware import BBOX_DIVISIONS, reference_vox
 from ros2_spatial_mllm.sampling.voxels import FrameVoxels
 
 __all__ = ["frame_voxels_from_depth", "frame_voxels_from_prediction", "predict_frame_voxels",
-           "MODEL_BASE_SUBDIVISION"]
+           "MODEL_BASE_SUBDIVISION", "CONFIDENCE_RULES", "add_confidence_option"]
 
 MODEL_BASE_SUBDIVISION = 8  # base voxel = reference voxel / 8 for model-head batches
+CONFIDENCE_RULES = ("frame", "batch")  # which model-depth points count; "batch" = global_percentile=True
+
+
+def add_confidence_option(parser: Any) -> None:
+    """The `--confidence frame|batch` option every program that voxelises model depth shares
+    (the CLI, spatial-mllm-eval, training.sampling_coverage); read it as
+    ``global_percentile=args.confidence == "batch"``."""
+    parser.add_argument("--confidence", default="frame", choices=CONFIDENCE_RULES,
+                        help="space-aware sampling on the model's depth: keep each frame's points above its "
+                             "own median depth confidence (frame, default: what the node's geometry worker "
+                             "does) or above the median over all candidates (batch: the reference's offline rule)")
 
 
 def _camera_from_world(world_from_camera, camera_from_world) -> np.ndarray:
