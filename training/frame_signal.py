@@ -99,19 +99,22 @@ def greedy_replies(model, cache: VisualFeatureCache, recs: list[dict], keys: lis
     return replies
 
 
-def _scores(recs: list[dict], replies: list[str]) -> dict:
+def prediction_rows(recs: list[dict], replies: list[str]) -> list[dict]:
+    """One scored row per record, in spatial-mllm-eval's predictions.jsonl shape (id, task_type,
+    family, answer, prediction, score), so training.eval.compare can pair two runs."""
     from training.data.dataset import record_extra
-    from training.eval.scorer import aggregate, score_record
+    from training.eval.scorer import score_record
 
-    rows = [{"task_type": task_family(r), "family": r.get("family", "vsibench"),
+    return [{"id": str(r.get("id")), "task_type": task_family(r), "family": r.get("family", "vsibench"),
+             "answer": r.get("answer"), "prediction": reply,
              "score": score_record(dict(r, extra=record_extra(r)), reply)} for r, reply in zip(recs, replies)]
-    return aggregate(rows)
 
 
 def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: bool = False,
                  train_recs: list[dict] | None = None, batch_size: int = 32) -> dict:
     """{'overall': {...}, 'tasks': {task: {n, loss_true, loss_shuffled, gap[, score_true,
-    score_shuffled, score_prior]}}, 'macro': {...} (with decode)}."""
+    score_shuffled, score_prior]}}, 'macro': {...} and 'predictions' (the true frames' scored
+    rows, prediction_rows) with decode}."""
     true_keys = [cache.frame_key(r) for r in recs]
     shuf_keys = shuffled_keys(recs, cache)
     lt, ht = per_record_loss(model, cache, recs, true_keys, batch_size)
@@ -134,8 +137,11 @@ def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: boo
     if decode:
         from training.pipeline import macro, prior_baseline
 
-        summaries = {"true": _scores(recs, greedy_replies(model, cache, recs, true_keys)),
-                     "shuffled": _scores(recs, greedy_replies(model, cache, recs, shuf_keys))}
+        from training.eval.scorer import aggregate
+
+        rows = prediction_rows(recs, greedy_replies(model, cache, recs, true_keys))
+        summaries = {"true": aggregate(rows),
+                     "shuffled": aggregate(prediction_rows(recs, greedy_replies(model, cache, recs, shuf_keys)))}
         if train_recs:
             summaries["prior"] = prior_baseline(train_recs, recs)["summary"]
         for name, summ in summaries.items():
@@ -143,6 +149,7 @@ def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: boo
                 if task in tasks:
                     tasks[task][f"score_{name}"] = row["score"]
         result["macro"] = {name: macro(summ) for name, summ in summaries.items()}
+        result["predictions"] = rows
     return result
 
 

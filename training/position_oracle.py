@@ -16,7 +16,8 @@ renderer's true mean 3-D point of that token's pixels, in the first sampled came
 group after the first gets its points turned about the first camera's vertical axis and shifted
 (seeded by the frame set), as an imperfect camera-pose estimate would place them. After
 training, greedy answers on the test split (cached tokens) give per-task scores, written to
-<out>/oracle.json and oracle.md. `--scale 0` is the control (same recipe, no embedding).
+<out>/oracle.json and oracle.md, and per question to <out>/predictions.jsonl (pair two runs with
+`python -m training.eval.compare A B`). `--scale 0` is the control (same recipe, no embedding).
 The shipped model never sees these tokens: this measures a ceiling, not a feature.
 """
 from __future__ import annotations
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
     precompute(cache, test, "encode test frames", True)
     with torch.no_grad():
         res = frame_signal(model, cache, test, decode=True, train_recs=load_qa_records(dcfg, split="train"))
+    rows = res.pop("predictions")
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"args": vars(args), "norm": cache.norm, **res}
     (out / "oracle.json").write_text(json.dumps(summary, indent=1))
     (out / "oracle.md").write_text(format_table(res) + "\n\nmacro: " + json.dumps(res["macro"]) + "\n")

@@ -75,6 +75,30 @@ def test_shuffled_frames_come_from_another_scene_with_the_same_frame_count(setup
     assert res["overall"]["n"] == 6 and np.isfinite(res["overall"]["gap"])
 
 
+def test_decoded_frame_signal_rows_pair_with_training_eval_compare(setup, tmp_path):
+    from training.eval.compare import compare, load_predictions
+    from training.eval.scorer import aggregate
+
+    model, assets = _model(setup)
+    dcfg = {"root": setup["data"], "num_frames": 4}
+    recs = load_qa_records(dcfg, "train")[:8]
+    cache = VisualFeatureCache(model, ExampleEncoder(model, assets, dcfg))
+    res = frame_signal(model, cache, recs, decode=True)
+    rows = res["predictions"]
+    assert [r["id"] for r in rows] == [str(r["id"]) for r in recs]
+    assert all(0.0 <= r["score"] <= 1.0 and isinstance(r["prediction"], str) for r in rows)
+    # the rows are what the macro was computed from
+    assert res["macro"]["true"]["vsibench"] == aggregate(rows)["vsibench"]["overall"]
+    for t, row in aggregate(rows)["tasks"].items():
+        assert res["tasks"][t]["score_true"] == row["score"]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_predictions(tmp_path)
+    assert len(loaded) == len(rows)
+    same = compare(loaded, loaded, rounds=50)
+    assert all(t["diff"] == 0.0 for t in same["tasks"].values())
+
+
 def test_batches_are_a_pure_function_of_the_step():
     a = batch_records(10, 4, seed=1, step=3)
     assert a == batch_records(10, 4, seed=1, step=3)
