@@ -68,6 +68,7 @@ class PositionOracleCache(VisualFeatureCache):
     scale = 1.0
     yaw_deg = 0.0
     shift = 0.0
+    norm: float | None = None   # per process: set by the first batch (training's), reused by the evaluation
 
     def __init__(self, model, encoder):
         super().__init__(model, encoder)
@@ -77,7 +78,6 @@ class PositionOracleCache(VisualFeatureCache):
         q, _ = torch.linalg.qr(torch.randn(hidden, dims, generator=gen))          # [H, D], orthonormal columns
         self.proj = q.T.contiguous()                                               # [D, H]
         self.xyz: dict[tuple, torch.Tensor] = {}
-        self.norm: float | None = None
 
     def positions(self, key: tuple) -> torch.Tensor:
         if key not in self.xyz:
@@ -92,12 +92,12 @@ class PositionOracleCache(VisualFeatureCache):
         keys = keys or [self.frame_key(r) for r in recs]
         out = super().batch(recs, keys, with_answer)
         if self.scale:
-            if self.norm is None:  # embedding norm = the median 2D-token norm, fixed on first use
-                self.norm = float(out["video"].norm(dim=-1).median())
+            if PositionOracleCache.norm is None:  # the median 2D-token norm of the first batch
+                PositionOracleCache.norm = float(out["video"].norm(dim=-1).median())
             feats = position_features(torch.cat([self.positions(k) for k in keys]))   # [sum N, D]
             emb = feats @ self.proj                                                    # [sum N, H]
             emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-            out["video"] = out["video"] + self.scale * self.norm * emb
+            out["video"] = out["video"] + self.scale * PositionOracleCache.norm * emb
         return out
 
 
@@ -119,12 +119,15 @@ def main(argv=None) -> int:
     p.add_argument("--eval-limit", type=int, default=1600, help="test questions decoded (spread over the split)")
     p.add_argument("--seed", type=int, default=0, help="SFT seed")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--norm", type=float, default=None,
+                   help="embedding norm before --scale (default: the first batch's median 2D-token norm; "
+                        "give the training run's, from its oracle.json, with --eval-only)")
     p.add_argument("--eval-only", action="store_true",
                    help="no training: score --init itself (with --scale 0, a normally trained model on cached tokens)")
     args = p.parse_args(argv)
 
     PositionOracleCache.scale, PositionOracleCache.yaw_deg = args.scale, args.yaw_noise_deg
-    PositionOracleCache.shift = args.shift_noise
+    PositionOracleCache.shift, PositionOracleCache.norm = args.shift_noise, args.norm
     cfg = load_config(args.config)
     P.add_grounding(cfg, P.ensure_data(cfg))
     out = Path(args.out)
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
         res = frame_signal(model, cache, test, decode=True, train_recs=load_qa_records(dcfg, split="train"))
     rows = res.pop("predictions")
     (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"args": vars(args), "norm": cache.norm, **res}
+    summary = {"args": vars(args), "norm": PositionOracleCache.norm, **res}
     (out / "oracle.json").write_text(json.dumps(summary, indent=1))
     (out / "oracle.md").write_text(format_table(res) + "\n\nmacro: " + json.dumps(res["macro"]) + "\n")
     print(format_table(res))
