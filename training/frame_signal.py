@@ -182,7 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-frames", type=int, default=8, help="frames per question")
     p.add_argument("--sampling", default="uniform", help="uniform | space_aware")
     p.add_argument("--decode", action="store_true", help="also greedy-decode and score (slower)")
-    p.add_argument("--out", default=None, help="write the result JSON (+ .md table) here")
+    p.add_argument("--out", default=None,
+                   help="write the result JSON (+ .md table, and with --decode .predictions.jsonl) here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     dcfg = {"root": args.data, "num_frames": args.num_frames, "frame_sampling": args.sampling}
@@ -192,11 +193,14 @@ def main(argv=None) -> int:
     recs = spread(recs, args.limit)
     res = frame_signal(model, cache, recs, decode=args.decode,
                        train_recs=load_qa_records(dcfg, "train") if args.decode else None)
+    rows = res.pop("predictions", None)
     table = format_table(res)
     print(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
+        if rows is not None:  # per question, for python -m training.eval.compare
+            Path(args.out).with_suffix(".predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         Path(args.out).with_suffix(".md").write_text(table + "\n")
     return 0
 

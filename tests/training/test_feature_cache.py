@@ -311,3 +311,23 @@ def test_cached_sft_with_aux_heads_resumes_bit_exact(setup, tmp_path):
     assert not any(k.startswith(("token.", "mention.", "aux")) for k in keys)
     row = (tmp_path / "full" / "metrics.csv").read_text().splitlines()[0]
     assert "aux_mention_attention" in row and "aux_token_time" in row
+
+
+def test_frame_signal_command_writes_scored_rows_with_decode(setup, tmp_path):
+    from training.checkpointing import save_model_files
+    from training.eval.compare import load_predictions
+    from training.frame_signal import main
+
+    model, assets = _model(setup)
+    save_model_files(model, tmp_path / "ckpt", processor=assets)
+    out = tmp_path / "sig" / "signal.json"
+    threads = torch.get_num_threads()
+    try:  # the command pins torch to one thread; give the rest of the suite its threads back
+        assert main(["--model", str(tmp_path / "ckpt"), "--data", setup["data"], "--split", "train", "--limit", "5",
+                     "--num-frames", "4", "--decode", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert "predictions" not in res and res["overall"]["n"] == 5          # the rows go to their own file
+    rows = load_predictions(out.with_suffix(".predictions.jsonl"))
+    assert len(rows) == 5 and all(0.0 <= r["score"] <= 1.0 for r in rows.values())
