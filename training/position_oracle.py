@@ -2,8 +2,9 @@
 where each patch is in the first camera's frame?
 
     python -m training.position_oracle --init runs/repro_1205/align/final \
-        --store runs/repro_1205/feature_store --steps 2000 --out runs/oracle_xyz
-    python -m training.position_oracle ... --scale 0 --out runs/oracle_ctrl        # control
+        --store runs/repro_1205/feature_store --out runs/oracle/xyz8k        # 8000 steps, ~55 min
+    python -m training.position_oracle --init runs/oracle/xyz8k/final --eval-only --out runs/oracle/xyz8k_eval
+    python -m training.position_oracle ... --steps 2000 --scale 0 --out runs/oracle/ctrl   # short control
     python -m training.position_oracle ... --yaw-noise-deg 24 --shift-noise 0.3   # pose-error model
     python -m training.position_oracle --init runs/repro_1205/cached_sft/final --scale 0 --eval-only \
         --out runs/oracle/base                                  # score a normally trained model alike
@@ -15,7 +16,8 @@ renderer's true mean 3-D point of that token's pixels, in the first sampled came
 (training/aux_targets.token_targets). With --yaw-noise-deg / --shift-noise each temporal token
 group after the first gets its points turned about the first camera's vertical axis and shifted
 (seeded by the frame set), as an imperfect camera-pose estimate would place them. After
-training, greedy answers on the test split (cached tokens) give per-task scores, written to
+training, greedy answers on a spread of the test split (cached tokens, on the recipe's frame
+sets: `data.frame_sampling`, `mixed` in the default) give per-task scores, written to
 <out>/oracle.json and oracle.md, and per question to <out>/predictions.jsonl (pair two runs with
 `python -m training.eval.compare A B`). `--scale 0` is the control (same recipe, no embedding).
 The shipped model never sees these tokens: this measures a ceiling, not a feature.
@@ -61,9 +63,10 @@ def perturb(xyz: np.ndarray, groups: int, key: tuple, yaw_deg: float, shift: flo
 
 
 class PositionOracleCache(VisualFeatureCache):
-    """VisualFeatureCache whose batches carry `scale` * Q @ position_features(true xyz) added to the
-    2D tokens (Q: a fixed random orthonormal map into the hidden size). Applied in `batch`, so
-    features read from a FeatureStore get it too."""
+    """VisualFeatureCache whose batches carry scale * norm * unit(position_features(xyz) @ Q) added
+    to the 2D tokens: xyz the true (optionally perturbed) token positions, Q [D, H] a fixed random
+    orthonormal map into the hidden size, norm the first batch's median 2D-token norm unless set.
+    Applied in `batch`, so features read from a FeatureStore get it too."""
 
     scale = 1.0
     yaw_deg = 0.0
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="training/configs/tiny_default.yaml", help="recipe (its cached_sft block)")
     p.add_argument("--init", required=True, help="checkpoint to start from (e.g. a run's align/final)")
     p.add_argument("--store", default="", help="FeatureStore directory of that checkpoint's encoders")
-    p.add_argument("--steps", type=int, default=2000, help="SFT steps (cosine schedule over them)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="SFT steps, cosine schedule over them (default: the recipe's cached_sft.max_steps)")
     p.add_argument("--scale", type=float, default=1.0, help="embedding norm / median 2D-token norm (0: control)")
     p.add_argument("--yaw-noise-deg", type=float, default=0.0, help="per-group yaw error, degrees (std)")
     p.add_argument("--shift-noise", type=float, default=0.0, help="per-group horizontal shift error, metres (std)")
@@ -120,8 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="SFT seed")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--norm", type=float, default=None,
-                   help="embedding norm before --scale (default: the first batch's median 2D-token norm; "
-                        "give the training run's, from its oracle.json, with --eval-only)")
+                   help="embedding norm before --scale (default: training: the first batch's median 2D-token "
+                        "norm, saved as <out>/position_norm.json; --eval-only: the one saved beside --init)")
     p.add_argument("--eval-only", action="store_true",
                    help="no training: score --init itself (with --scale 0, a normally trained model on cached tokens)")
     args = p.parse_args(argv)
@@ -135,10 +139,18 @@ def main(argv=None) -> int:
     stage["output_dir"] = str(out)
     stage["seed"] = args.seed
     stage["feature_store"] = args.store or False
-    stage["cached_sft"] = {**stage["cached_sft"], "max_steps": args.steps, "eval_every": 0}
+    steps = args.steps or int(stage["cached_sft"].get("max_steps", 100))
+    stage["cached_sft"] = {**stage["cached_sft"], "max_steps": steps, "eval_every": 0}
+    saved = Path(args.init).parent / "position_norm.json"
+    if args.eval_only and args.scale and args.norm is None:
+        if not saved.is_file():
+            raise SystemExit(f"position_oracle: --eval-only with --scale {args.scale} needs --norm or {saved}")
+        PositionOracleCache.norm = float(json.loads(saved.read_text())["norm"])
+    out.mkdir(parents=True, exist_ok=True)
     if not args.eval_only:
         run_cached_sft(stage, cache_cls=PositionOracleCache)
-    out.mkdir(parents=True, exist_ok=True)
+        if PositionOracleCache.norm is not None:  # the norm the weights were trained with
+            (out / "position_norm.json").write_text(json.dumps({"norm": PositionOracleCache.norm}))
     model, assets = build_model({"init": args.init if args.eval_only else str(out / "final")})
     model.eval()
     dcfg = stage["data"]

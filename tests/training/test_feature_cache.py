@@ -331,3 +331,33 @@ def test_frame_signal_command_writes_scored_rows_with_decode(setup, tmp_path):
     assert "predictions" not in res and res["overall"]["n"] == 5          # the rows go to their own file
     rows = load_predictions(out.with_suffix(".predictions.jsonl"))
     assert len(rows) == 5 and all(0.0 <= r["score"] <= 1.0 for r in rows.values())
+
+
+def test_position_oracle_adds_each_tokens_true_position_at_a_fixed_norm(setup):
+    from training.aux_targets import token_targets
+    from training.position_oracle import PositionOracleCache, position_features
+
+    model, assets = _model(setup)
+    dcfg = {"root": setup["data"], "num_frames": 4}
+    recs = [r for r in load_qa_records(dcfg, "train") if r.get("family") != "multispa"][:3]
+    enc = ExampleEncoder(model, assets, dcfg)
+    plain, oracle = VisualFeatureCache(model, enc), PositionOracleCache(model, enc)
+    saved = (PositionOracleCache.scale, PositionOracleCache.norm)
+    try:
+        PositionOracleCache.scale, PositionOracleCache.norm = 0.5, None
+        base, raised = plain.batch(recs), oracle.batch(recs)
+        first = PositionOracleCache.norm
+        assert first == float(base["video"].norm(dim=-1).median())        # set by the first batch
+        delta = raised["video"] - base["video"]                              # [sum N, H]
+        torch.testing.assert_close(delta.norm(dim=-1), torch.full((len(delta),), 0.5 * first), rtol=1e-4, atol=1e-4)
+        # row i carries token i's own position: the map is linear, so project back and compare
+        xyz = torch.cat([torch.from_numpy(token_targets(plain.frame_key(r), 2)["tok_xyz"]) for r in recs])
+        feats = position_features(xyz) @ oracle.proj
+        torch.testing.assert_close(delta, 0.5 * first * feats / feats.norm(dim=-1, keepdim=True))
+        assert not torch.allclose(delta[0], delta[-1])
+        oracle.batch(recs[1:])
+        assert PositionOracleCache.norm == first                             # reused, not re-measured
+        PositionOracleCache.scale = 0.0                                      # the control changes nothing
+        assert torch.equal(oracle.batch(recs)["video"], base["video"])
+    finally:
+        PositionOracleCache.scale, PositionOracleCache.norm = saved
