@@ -172,6 +172,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from training.data.dataset import write_jsonl
     from training.model_io import ExampleEncoder, build_model, load_qa_records
 
     p = argparse.ArgumentParser(description="answer loss/score with true vs another scene's frames")
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
         if rows is not None:  # per question, for python -m training.eval.compare
-            Path(args.out).with_suffix(".predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            write_jsonl(rows, Path(args.out).with_suffix(".predictions.jsonl"))
         Path(args.out).with_suffix(".md").write_text(table + "\n")
     return 0
 

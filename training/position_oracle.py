@@ -107,6 +107,7 @@ class PositionOracleCache(VisualFeatureCache):
 def main(argv=None) -> int:
     from training import pipeline as P
     from training.cached_sft import precompute, run_cached_sft
+    from training.data.dataset import write_jsonl
     from training.frame_signal import format_table, frame_signal, spread
     from training.model_io import ExampleEncoder, build_model, load_qa_records
     from training.trainer_utils import load_config
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         res = frame_signal(model, cache, test, decode=True, train_recs=load_qa_records(dcfg, split="train"))
     rows = res.pop("predictions")
-    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(rows, out / "predictions.jsonl")
     summary = {"args": vars(args), "norm": PositionOracleCache.norm, **res}
     (out / "oracle.json").write_text(json.dumps(summary, indent=1))
     (out / "oracle.md").write_text(format_table(res) + "\n\nmacro: " + json.dumps(res["macro"]) + "\n")

@@ -76,6 +76,7 @@ def test_shuffled_frames_come_from_another_scene_with_the_same_frame_count(setup
 
 
 def test_decoded_frame_signal_rows_pair_with_training_eval_compare(setup, tmp_path):
+    from training.data.dataset import write_jsonl
     from training.eval.compare import compare, load_predictions
     from training.eval.scorer import aggregate
 
@@ -91,8 +92,7 @@ def test_decoded_frame_signal_rows_pair_with_training_eval_compare(setup, tmp_pa
     assert res["macro"]["true"]["vsibench"] == aggregate(rows)["vsibench"]["overall"]
     for t, row in aggregate(rows)["tasks"].items():
         assert res["tasks"][t]["score_true"] == row["score"]
-    path = tmp_path / "predictions.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(rows, tmp_path / "predictions.jsonl")
     loaded = load_predictions(tmp_path)
     assert len(loaded) == len(rows)
     same = compare(loaded, loaded, rounds=50)
