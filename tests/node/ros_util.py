@@ -22,11 +22,26 @@ def spin_until(node, future, timeout: float):
     return future.result()
 
 
-def call_service(node, srv_type, name: str, request, timeout: float = 60.0, wait: float = 60.0):
+def call_service(node, srv_type, name: str, request, timeout: float = 60.0, wait: float = 60.0,
+                 attempts: int = 1):
+    """Call once, or for read-only services up to `attempts` times within `timeout`.
+
+    Fast DDS drops a reply when the server has not yet matched the client's reply reader
+    ("failed to send response (timeout)" in the server's log): `wait_for_service` only sees
+    the graph, not that match, and on a loaded 2-core machine discovery can lag. Resending is
+    safe only where the call changes nothing (get_parameters, get_state).
+    """
+    import rclpy
     client = node.create_client(srv_type, name)
     try:
         assert client.wait_for_service(timeout_sec=wait), f"service {name} not available"
-        return spin_until(node, client.call_async(request), timeout)
+        for _ in range(attempts):
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=timeout / attempts)
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+        raise AssertionError(f"no reply within {timeout} s ({attempts} attempt(s))")
     finally:
         node.destroy_client(client)
 
@@ -39,7 +54,8 @@ def ask(node, fqn: str, question: str = "How many boxes are there?", timeout: fl
 
 def lifecycle_state(node, fqn: str) -> str:
     from lifecycle_msgs.srv import GetState
-    return call_service(node, GetState, f"{fqn}/get_state", GetState.Request()).current_state.label
+    return call_service(node, GetState, f"{fqn}/get_state", GetState.Request(),
+                        attempts=4).current_state.label
 
 
 def change_state(node, fqn: str, label: str, timeout: float = 120.0) -> bool:
@@ -52,7 +68,8 @@ def change_state(node, fqn: str, label: str, timeout: float = 120.0) -> bool:
 def get_parameters(node, fqn: str, names: list[str]) -> dict:
     from rcl_interfaces.srv import GetParameters
     from rclpy.parameter import parameter_value_to_python
-    reply = call_service(node, GetParameters, f"{fqn}/get_parameters", GetParameters.Request(names=names))
+    reply = call_service(node, GetParameters, f"{fqn}/get_parameters", GetParameters.Request(names=names),
+                         attempts=4)
     return {n: parameter_value_to_python(v) for n, v in zip(names, reply.values)}
 
 
