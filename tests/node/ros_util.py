@@ -58,11 +58,28 @@ def lifecycle_state(node, fqn: str) -> str:
                         attempts=4).current_state.label
 
 
+# The primary state each transition ends in when it succeeds.
+TRANSITION_TARGET = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
+                     "cleanup": "unconfigured", "shutdown": "finalized"}
+
+
 def change_state(node, fqn: str, label: str, timeout: float = 120.0) -> bool:
+    """Request one transition; True when it succeeded.
+
+    A transition must not be resent, so a dropped reply (see `call_service`) is resolved by
+    reading the state back: it succeeded iff the node moved into the transition's target state.
+    """
     from lifecycle_msgs.srv import ChangeState
     req = ChangeState.Request()
     req.transition.label = label
-    return call_service(node, ChangeState, f"{fqn}/change_state", req, timeout=timeout).success
+    before = lifecycle_state(node, fqn)
+    try:
+        return call_service(node, ChangeState, f"{fqn}/change_state", req, timeout=timeout).success
+    except AssertionError as exc:
+        if "no reply" not in str(exc):
+            raise
+        after = lifecycle_state(node, fqn)
+        return after != before and after == TRANSITION_TARGET[label]
 
 
 def get_parameters(node, fqn: str, names: list[str]) -> dict:
