@@ -31,7 +31,7 @@ from training.aux_heads import aux_losses
 from training.feature_cache import IGNORE_INDEX, VisualFeatureCache, cached_answer_loss
 from training.loop import LoopConfig, train_loop
 from training.sft import setup_trainable
-from training.trainer_utils import cosine_with_warmup, init_distributed, set_seed
+from training.trainer_utils import cosine_with_warmup, start_stage
 
 FROZEN_ENCODERS = {"vision": False, "vision_merger": False, "spatial_encoder": False, "connector": True, "llm": True}
 
@@ -107,13 +107,9 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     from training.frame_signal import format_table, frame_signal, spread
     from training.model_io import ExampleEncoder, build_model, load_qa_records
 
-    env = init_distributed(cfg.get("device", "cpu"))
+    env, scfg, seed, out_dir = start_stage(cfg, section, device="cpu", default_out="runs/cached_sft")
     if env.world_size > 1:  # the loss calls model.model / lm_head directly, bypassing a DDP wrapper
         raise RuntimeError("cached_sft runs in one process (its steps are cheap); launch it without torchrun")
-    scfg = cfg.get(section, {})
-    seed = int(cfg.get("seed", 0))
-    set_seed(seed)
-    out_dir = Path(cfg.get("output_dir", "runs/cached_sft"))
     model, assets_dir = build_model(cfg.get("model", {}))
     if scfg.get("zero_init_connector", False):
         # the spatial branch starts silent, so the (semantic) 2D tokens are not buried under it;

@@ -18,7 +18,6 @@ loss is not a language-model loss; Trainer would only add indirection here.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +25,8 @@ import torch.nn.functional as F
 
 from training.geometry_losses import camera_loss, depth_loss, ground_truth_pose_encoding
 from training.loop import LoopConfig, train_loop
-from training.trainer_utils import (DistEnv, build_param_groups, cosine_with_warmup, init_distributed, set_seed,
-                                    unwrap, wrap_for_strategy)
+from training.trainer_utils import (DistEnv, build_param_groups, cosine_with_warmup, start_stage, unwrap,
+                                    wrap_for_strategy)
 
 
 def prepare_clip(clip: dict, image_hw: tuple[int, int]) -> dict:
@@ -148,14 +147,10 @@ def run_geometry(cfg: dict, env: DistEnv | None = None) -> dict:
     """Run the stage from a config dict (see training/configs/geometry_tiny.yaml)."""
     from training.model_io import build_model, load_geometry_clips
 
-    env = env or init_distributed(cfg.get("device", "auto"))
-    gcfg = cfg.get("geometry", {})
+    env, gcfg, seed, out_dir = start_stage(cfg, "geometry", env)
     if cfg.get("model", {}).get("preset", "tiny") == "official" and not gcfg.get("force", False):
         print("geometry: skipped for the official preset (VGGT-1B is loaded from its weights and frozen)")
         return {"skipped": True}
-    seed = int(cfg.get("seed", 0))
-    set_seed(seed)
-    out_dir = Path(cfg.get("output_dir", "runs/geometry"))
     model, processor = build_model(cfg.get("model", {}))
     model.to(env.device)
     vggt = model.spatial_encoder.vggt_model

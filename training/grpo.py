@@ -23,7 +23,6 @@ The loop below reuses the shared training/loop.py (checkpoints, CSV, PNG, DDP).
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from training.loop import LoopConfig, train_loop
 from training.rewards import RewardWeights, total_reward
 from training.trainer_utils import (DistEnv, apply_freeze, autocast_context, build_param_groups, cosine_with_warmup,
-                                    init_distributed, set_seed, unwrap, wrap_for_strategy)
+                                    start_stage, unwrap, wrap_for_strategy)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -138,11 +137,7 @@ def run_grpo(cfg: dict, env: DistEnv | None = None) -> dict:
     """Run the stage from a config dict (see training/configs/grpo_tiny.yaml)."""
     from training.model_io import ExampleEncoder, build_model, load_qa_records
 
-    env = env or init_distributed(cfg.get("device", "auto"))
-    gcfg = cfg.get("grpo", {})
-    seed = int(cfg.get("seed", 0))
-    set_seed(seed)
-    out_dir = Path(cfg.get("output_dir", "runs/grpo"))
+    env, gcfg, seed, out_dir = start_stage(cfg, "grpo", env)
     model, assets_dir = build_model(cfg.get("model", {}))
     model.to(env.device)
     beta = float(gcfg.get("beta", 0.04))

@@ -23,14 +23,13 @@ same batches to the same head and only rank 0 writes checkpoints.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from training.loop import LoopConfig, train_loop
-from training.trainer_utils import cosine_with_warmup, init_distributed, set_seed, DistEnv
+from training.trainer_utils import DistEnv, cosine_with_warmup, start_stage
 
 
 def pair_pose_targets(cam_from_world: torch.Tensor) -> torch.Tensor:
@@ -79,11 +78,7 @@ def run_pair_pose(cfg: dict, env: DistEnv | None = None) -> dict:
     from training.geometry_pretrain import prepare_clip
     from training.model_io import build_model, load_geometry_clips
 
-    env = env or init_distributed(cfg.get("device", "auto"))
-    pcfg = cfg.get("pair_pose", {})
-    seed = int(cfg.get("seed", 0))
-    set_seed(seed)
-    out_dir = Path(cfg.get("output_dir", "runs/pair_pose"))
+    env, pcfg, seed, out_dir = start_stage(cfg, "pair_pose", env)
     model, processor = build_model(cfg.get("model", {}))
     for p in model.parameters():
         p.requires_grad_(False)

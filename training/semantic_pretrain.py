@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from training.loop import LoopConfig, train_loop
-from training.trainer_utils import apply_freeze, build_param_groups, cosine_with_warmup, init_distributed, set_seed
+from training.trainer_utils import apply_freeze, build_param_groups, cosine_with_warmup, start_stage
 
 
 def category_names() -> list[str]:
@@ -150,11 +150,7 @@ def run_semantic(cfg: dict) -> dict:
     from ros2_spatial_mllm.model.processing import VideoProcessingConfig
     from training.model_io import build_model
 
-    env = init_distributed(cfg.get("device", "cpu"))
-    scfg = cfg.get("semantic", {})
-    seed = int(cfg.get("seed", 0))
-    set_seed(seed)
-    out_dir = Path(cfg.get("output_dir", "runs/semantic"))
+    env, scfg, seed, out_dir = start_stage(cfg, "semantic", device="cpu")
     model, assets_dir = build_model(cfg.get("model", {}))
     fused = bool(scfg.get("train_connector", False))
     train = {"vision": True, "vision_merger": True, "spatial_encoder": False, "connector": fused, "llm": False}

@@ -22,14 +22,13 @@ of the step).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from training.loop import LoopConfig, train_loop
 from training.trainer_utils import (DistEnv, apply_freeze, autocast_context, build_param_groups, cosine_with_warmup,
-                                    init_distributed, set_seed, wrap_for_strategy)
+                                    start_stage, wrap_for_strategy)
 
 IGNORE_INDEX = -100
 
@@ -111,11 +110,7 @@ def run_sft(cfg: dict, env: DistEnv | None = None) -> dict:
     """Run the stage from a config dict (see training/configs/sft_tiny.yaml)."""
     from training.model_io import ExampleEncoder, build_model, load_qa_records
 
-    env = env or init_distributed(cfg.get("device", "auto"))
-    scfg = cfg.get("sft", {})
-    seed = int(cfg.get("seed", 0))
-    set_seed(seed)
-    out_dir = Path(cfg.get("output_dir", "runs/sft"))
+    env, scfg, seed, out_dir = start_stage(cfg, "sft", env)
     model, assets_dir = build_model(cfg.get("model", {}))
     model.to(env.device)
     if scfg.get("gradient_checkpointing", False):

@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -151,6 +151,27 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+class StageStart(NamedTuple):
+    """What every stage reads first: its process group, its config block, its seed, its folder
+    (a tuple, so a stage unpacks it: `env, scfg, seed, out_dir = start_stage(...)`)."""
+    env: DistEnv
+    section: dict
+    seed: int
+    out_dir: Path
+
+
+def start_stage(cfg: dict, section: str, env: DistEnv | None = None, device: str = "auto",
+                default_out: str | None = None) -> StageStart:
+    """Join (or start) the process group, set the run's seed, and name the output folder
+    (`output_dir`, else `default_out`, else runs/<section>). The seed is set before the model is
+    built, so every stage's random initialisation follows `seed` alone."""
+    env = env or init_distributed(cfg.get("device", device))
+    seed = int(cfg.get("seed", 0))
+    set_seed(seed)
+    out_dir = Path(cfg.get("output_dir", default_out or f"runs/{section}"))
+    return StageStart(env=env, section=cfg.get(section, {}), seed=seed, out_dir=out_dir)
 
 
 def wrap_for_strategy(model: torch.nn.Module, env: DistEnv, strategy: str = "ddp") -> torch.nn.Module:
