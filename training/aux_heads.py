@@ -13,6 +13,11 @@
                   the LLM's early layers to fetch that object from the visual tokens, which every
                   spatial answer needs first
     room head     on the last prompt token's final hidden state: log floor area
+    pair head     on the hidden state at layer `pair_layer`, at every category word after the
+                  question's first: that object's offset from the first-named object and from
+                  the previous one (sideways, depth, distance; PAIR_FIELDS). The mention head
+                  teaches where each object is; this one asks for the comparison two-object
+                  answers (distances, directions, routes) are made of
 
 The heads are plain Linear layers, saved next to the checkpoint for resume (aux_heads.pt,
 `torch.load(weights_only=True)`) and never exported: the shipped model is the Spatial-MLLM alone.
@@ -28,23 +33,43 @@ from training.aux_targets import CLASS_NAMES, MENTION_FIELDS, NUM_CLASSES, categ
     mention_spans, option_spans, room_target, token_targets
 
 
+# The pair head's targets, in the mention head's normalised units (aux_targets.XYZ_SCALE).
+PAIR_FIELDS = ("dx_first", "dz_first", "dist_first", "dx_prev", "dz_prev", "dist_prev")
+
+
+def pair_offsets(first: np.ndarray, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Mention rows (MENTION_FIELDS) of the first-named, previous and current object -> [6]
+    PAIR_FIELDS: the current object's centroid minus the other's, sideways (x) and in depth (z),
+    and their 3-D distance; NaN where either object is not in the frames."""
+    out = []
+    for ref in (first, prev):
+        d = cur[3:6] - ref[3:6]                                         # [3] x, y, z
+        out += [d[0], d[2], float(np.sqrt((d ** 2).sum()))]
+    return np.asarray(out, np.float32)
+
+
 class AuxHeads(nn.Module):
     """Hidden-state indices (0 = the LLM's input embeddings, n = its last layer): `layer` for the
     mention head, `time_layer` for the video tokens' time (0 = off), `order_layer` for the
-    in-order step of option lists and `option_layer` for option correctness (0 = off)."""
+    in-order step of option lists, `option_layer` for option correctness and `pair_layer` for
+    the offsets between named objects (0 = off)."""
 
-    def __init__(self, hidden: int, layer: int, time_layer: int = 0, order_layer: int = 0, option_layer: int = 0):
+    def __init__(self, hidden: int, layer: int, time_layer: int = 0, order_layer: int = 0, option_layer: int = 0,
+                 pair_layer: int = 0):
         super().__init__()
         self.layer = layer
         self.time_layer = time_layer
         self.order_layer = order_layer
         self.option_layer = option_layer
+        self.pair_layer = pair_layer
         self.token = nn.Linear(hidden, NUM_CLASSES + 3)
         self.mention = nn.Linear(hidden, len(MENTION_FIELDS))
         self.room = nn.Linear(hidden, 1)
         self.time = nn.Linear(hidden, 1)
         self.order = nn.Linear(hidden, 1)
         self.option = nn.Linear(hidden, 1)
+        if pair_layer:  # built only when used: the default recipe's random draws stay as they were
+            self.pair = nn.Linear(hidden, len(PAIR_FIELDS))
 
 
 class AuxTargetCache:
@@ -96,6 +121,7 @@ class AuxTargetCache:
             times.append(torch.arange(t).repeat_interleave(per_t).float() / max(t - 1, 1))
         men_b, men_pos, men_c, men_y = [], [], [], []
         opt_b, opt_pos, opt_y, ord_b, ord_pos, ord_y = [], [], [], [], [], []
+        pair_b, pair_pos, pair_y = [], [], []
         for b, (rec, key, text) in enumerate(zip(recs, keys, prompts)):
             cats = self.category(key)
             lay = self.layout(str(rec.get("id", id(rec))), text)
@@ -104,6 +130,11 @@ class AuxTargetCache:
                 men_pos.append(pos)
                 men_c.append(CLASS_NAMES.index(cat))
                 men_y.append(cats[cat])
+            named = lay["mentions"]
+            for i in range(1, len(named)):  # offsets from the first-named and the previous object
+                pair_b.append(b)
+                pair_pos.append(named[i][0])
+                pair_y.append(pair_offsets(cats[named[0][1]], cats[named[i - 1][1]], cats[named[i][1]]))
             answer = str(rec.get("answer", "")).strip()
             for pos, letter in lay["options"]:
                 opt_b.append(b)
@@ -126,6 +157,8 @@ class AuxTargetCache:
                 "opt_y": torch.tensor(opt_y, dtype=torch.float32),
                 "ord_b": torch.tensor(ord_b, dtype=torch.long), "ord_pos": torch.tensor(ord_pos, dtype=torch.long),
                 "ord_y": torch.tensor(ord_y, dtype=torch.float32),
+                "pair_b": torch.tensor(pair_b, dtype=torch.long), "pair_pos": torch.tensor(pair_pos, dtype=torch.long),
+                "pair_y": torch.from_numpy(np.stack(pair_y)) if pair_y else torch.zeros(0, len(PAIR_FIELDS)),
                 "room_pos": torch.tensor([n - 1 for n in prompt_lens], dtype=torch.long),
                 "room_y": torch.tensor([self.category(k)["_room"] for k in keys], dtype=torch.float32)}
 
@@ -135,7 +168,7 @@ def aux_losses(heads: AuxHeads, fused: torch.Tensor, hidden_states: tuple, aux: 
     """Loss terms (scalars): token_cat (soft cross-entropy), token_xyz, token_time (MSE; with
     heads.time_layer and video_mask [B, L], True at the video tokens), mention_seen (BCE),
     mention_reg (masked MSE over the other fields), option and order (BCE, with their layers
-    set and rows in the batch), room (MSE).
+    set and rows in the batch), pair (masked MSE, with heads.pair_layer set), room (MSE).
 
     fused [sum N, H] (the visual tokens in batch order), hidden_states: the LLM's
     (embeddings, layer 1, ..., last) each [B, L, H]."""
@@ -161,6 +194,12 @@ def aux_losses(heads: AuxHeads, fused: torch.Tensor, hidden_states: tuple, aux: 
         if layer and len(aux[f"{pre}_b"]):
             h = hidden_states[layer][aux[f"{pre}_b"], aux[f"{pre}_pos"]].float()
             out[name] = F.binary_cross_entropy_with_logits(head(h)[:, 0], aux[f"{pre}_y"])
+    if heads.pair_layer and len(aux.get("pair_b", ())):
+        h = hidden_states[heads.pair_layer][aux["pair_b"], aux["pair_pos"]].float()
+        p, y = heads.pair(h), aux["pair_y"]                               # [P, 6]
+        mask = ~torch.isnan(y)
+        sq = (p - torch.nan_to_num(y)) ** 2
+        out["pair"] = sq[mask].mean() if mask.any() else p.sum() * 0.0
     last = hidden_states[-1][torch.arange(len(aux["room_pos"])), aux["room_pos"]].float()
     out["room"] = F.mse_loss(heads.room(last)[:, 0], aux["room_y"])
     return out

@@ -143,7 +143,8 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
         from training.aux_heads import AuxHeads, AuxTargetCache
 
         heads = AuxHeads(model.config.text_config.hidden_size, int(acfg.get("layer", 1)), int(acfg.get("time_layer", 0)),
-                         int(acfg.get("order_layer", 0)), int(acfg.get("option_layer", 0)))
+                         int(acfg.get("order_layer", 0)), int(acfg.get("option_layer", 0)),
+                         int(acfg.get("pair_layer", 0)))
         if float(acfg.get("weights", {}).get("mention_attention", 0.0)) > 0:  # the mention layer's attention
             from training.aux_heads import AttentionCapture
 
@@ -156,7 +157,7 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     scheduler = cosine_with_warmup(optimizer, int(scfg.get("warmup_steps", max(1, max_steps * 3 // 100))), max_steps)
     bs = int(scfg.get("batch_size", 16))
     weights = {"token_cat": 0.1, "token_xyz": 1.0, "token_time": 1.0, "mention_seen": 0.3, "mention_reg": 1.0, "room": 0.3,
-               "mention_attention": 0.0, "option": 1.0, "order": 1.0,
+               "mention_attention": 0.0, "option": 1.0, "order": 1.0, "pair": 1.0,
                **{k: float(v) for k, v in acfg.get("weights", {}).items()}}
 
     def compute_loss(step: int, micro: int):

@@ -30,7 +30,8 @@ def build_model(model_cfg: dict):
     model.preset: tiny | official; model.assets_dir: tokenizer/processor files (default: the
     package's assets/tiny for the tiny preset, else the init checkpoint); model.llm_overrides:
     text_config fields (e.g. {num_hidden_layers: 4}) for a fresh LLM on a checkpoint's trained
-    encoders, applied only where the checkpoint's LLM differs; model.spatial_overrides:
+    encoders, applied only where the checkpoint's LLM differs; model.llm_grow_layers: N more
+    LLM layers on top of a checkpoint's, every trained weight kept (grow_llm); model.spatial_overrides:
     VGGTConfig.tiny fields (e.g. {embed_dim: 128}) of a randomly initialised tiny preset."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR, tiny_config
@@ -44,6 +45,8 @@ def build_model(model_cfg: dict):
         if not report.ok:
             raise RuntimeError(f"model.init={init}: {report.summary()}")
         overrides = dict(model_cfg.get("llm_overrides") or {})
+        if model_cfg.get("llm_grow_layers"):
+            return grow_llm(model, int(model_cfg["llm_grow_layers"]), int(model_cfg.get("seed", 0))), Path(assets or init)
         if any(getattr(model.config.text_config, k, None) != v for k, v in overrides.items()):
             # only a checkpoint of another LLM size is resized (a later stage of the same run
             # keeps the LLM it was handed)
@@ -90,6 +93,37 @@ def _resize_llm(model, overrides: dict, seed: int):
         raise RuntimeError(f"model.llm_overrides: encoder keys not found in the resized model: {missing[:3]}")
     fresh.load_state_dict(keep, strict=False)
     return fresh
+
+
+def grow_llm(model, extra_layers: int, seed: int):
+    """`model` with `extra_layers` more LLM layers appended, computing the same function.
+
+    Every trained weight is kept; each new layer's attention output (o_proj) and MLP output
+    (down_proj) start at zero, so its residual branch adds nothing until training grows it (the
+    zero-initialised residual branch trick). A cheap way to give a trained model more depth:
+    the hidden width cannot grow, as the frozen 2D merger projects to it."""
+    import copy
+
+    from ros2_spatial_mllm.model.presets import build_model as build_preset
+
+    config = copy.deepcopy(model.config)
+    old = int(config.text_config.num_hidden_layers)
+    layers = old + int(extra_layers)
+    config.text_config.num_hidden_layers = layers
+    if getattr(config.text_config, "layer_types", None) is not None:
+        config.text_config.layer_types = (list(config.text_config.layer_types) + ["full_attention"] * layers)[:layers]
+    grown = build_preset(config, seed=seed)
+    result = grown.load_state_dict(model.state_dict(), strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"model.llm_grow_layers: keys the grown model lacks: {result.unexpected_keys[:3]}")
+    new = tuple(f"language_model.layers.{i}." for i in range(old, layers))
+    if any(not any(t in k for t in new) for k in result.missing_keys):
+        raise RuntimeError(f"model.llm_grow_layers: trained keys left unloaded: {result.missing_keys[:3]}")
+    with torch.no_grad():
+        for name, param in grown.named_parameters():
+            if any(t in name for t in new) and name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.zero_()
+    return grown
 
 
 def ensure_tiny_assets(path: Path) -> Path:

@@ -8,6 +8,8 @@ where each patch is in the first camera's frame?
     python -m training.position_oracle ... --yaw-noise-deg 24 --shift-noise 0.3   # pose-error model
     python -m training.position_oracle --init runs/repro_1205/cached_sft/final --scale 0 --eval-only \
         --out runs/oracle/base                                  # score a normally trained model alike
+    python -m training.position_oracle --init ros2_spatial_mllm/assets/tiny --scale 0 --steps 3000 \
+        --set model.llm_grow_layers=4 --store runs/cont/feature_store --out runs/cont/deep   # a recipe variant
     # tiny CPU smoke run (needs a data root): --steps 3 --eval-limit 16
 
 Cached SFT of the default recipe (tiny_default.yaml's cached_sft block: aux targets, grounding
@@ -21,6 +23,10 @@ sets: `data.frame_sampling`, `mixed` in the default) give per-task scores, writt
 <out>/oracle.json and oracle.md, and per question to <out>/predictions.jsonl (pair two runs with
 `python -m training.eval.compare A B`). `--scale 0` is the control (same recipe, no embedding).
 The shipped model never sees these tokens: this measures a ceiling, not a feature.
+
+With `--scale 0` and `--set KEY=VALUE` overrides of the recipe this is also the paired-arm
+runner for recipe variants continued from one checkpoint (more LLM depth, other aux targets):
+every arm trains and is scored the same way, on the same questions.
 """
 from __future__ import annotations
 
@@ -127,13 +133,16 @@ def main(argv=None) -> int:
     p.add_argument("--norm", type=float, default=None,
                    help="embedding norm before --scale (default: training: the first batch's median 2D-token "
                         "norm, saved as <out>/position_norm.json; --eval-only: the one saved beside --init)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value before the stage is built, e.g. --set model.llm_grow_layers=4 "
+                        "or --set cached_sft.aux.pair_layer=3 (repeatable)")
     p.add_argument("--eval-only", action="store_true",
                    help="no training: score --init itself (with --scale 0, a normally trained model on cached tokens)")
     args = p.parse_args(argv)
 
     PositionOracleCache.scale, PositionOracleCache.yaw_deg = args.scale, args.yaw_noise_deg
     PositionOracleCache.shift, PositionOracleCache.norm = args.shift_noise, args.norm
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     P.add_grounding(cfg, P.ensure_data(cfg))
     out = Path(args.out)
     stage = P._stage_cfg(cfg, "cached_sft", out.parent, args.init)

@@ -145,6 +145,48 @@ def test_aux_heads_fit_a_fixed_batch(scene):
         assert last[k] < 0.2 * first[k] + 1e-3, (k, first[k], last[k])
 
 
+def test_pair_targets_are_offsets_between_named_objects(scene):
+    """One pair row per category word after the first, at that word's token: its centroid minus
+    the first-named and the previous object's (x, z, 3-D distance), from the scene's own
+    objects; a category the scene lacks gives NaN, which the loss leaves out; the head can fit."""
+    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+    from transformers import PreTrainedTokenizerFast
+    from training.aux_heads import PAIR_FIELDS, pair_offsets
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(TINY_ASSETS_DIR / "tokenizer.json"))
+    cats = category_targets(scene["key"])
+    seen = [c for c, row in cats.items() if row[0] == 1][:3]
+    absent = next(c for c, row in cats.items() if row[0] == 0)
+    text = f"Standing by the {seen[0]} facing the {seen[1]}, is the {seen[2]} left or right of the {absent}?"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    aux = AuxTargetCache(tok).batch([{"id": "q1"}], [scene["key"]], [text], [len(ids)])
+    assert aux["pair_y"].shape == (3, len(PAIR_FIELDS))
+    assert aux["pair_pos"].tolist() == aux["men_pos"][1:].tolist()
+    xyz = {c: cats[c][3:6] for c in seen}  # normalised centroids in the first camera
+    d_first, d_prev = xyz[seen[2]] - xyz[seen[0]], xyz[seen[2]] - xyz[seen[1]]
+    want = [d_first[0], d_first[2], np.linalg.norm(d_first), d_prev[0], d_prev[2], np.linalg.norm(d_prev)]
+    np.testing.assert_allclose(aux["pair_y"][1].numpy(), want, rtol=1e-5, atol=1e-6)
+    assert torch.isnan(aux["pair_y"][2]).all()  # the absent category: no target
+    np.testing.assert_allclose(pair_offsets(cats[seen[0]], cats[seen[0]], cats[seen[1]])[:3],
+                               pair_offsets(cats[seen[0]], cats[seen[0]], cats[seen[1]])[3:])
+
+    torch.manual_seed(0)
+    hidden = 16
+    heads = AuxHeads(hidden, layer=1, pair_layer=2)
+    fused = torch.randn(len(aux["tok_cat"]), hidden)
+    states = tuple(torch.randn(1, len(ids), hidden) for _ in range(3))
+    opt = torch.optim.Adam(heads.parameters(), lr=5e-2)
+    losses = []
+    for _ in range(200):
+        loss = aux_losses(heads, fused, states, aux)["pair"]
+        losses.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert np.isfinite(losses).all() and losses[-1] < 0.05 * losses[0] + 1e-4, (losses[0], losses[-1])
+    assert "pair" not in aux_losses(AuxHeads(hidden, layer=1), fused, states, aux)  # off by default
+
+
 def test_option_lines_and_in_order_steps_of_an_appearance_order_prompt(scene):
     """The layout finds each option line's last token and the categories inside each line; the
     in-order targets compare first sightings on the sampled frames (unseen or tied pairs skipped)."""

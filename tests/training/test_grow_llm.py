@@ -1,0 +1,31 @@
+"""model.llm_grow_layers (training/model_io.grow_llm): more LLM depth on a trained checkpoint."""
+import torch
+
+from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+from training.model_io import build_model
+
+
+def test_grown_llm_computes_the_same_function_and_its_new_layers_train():
+    base, _ = build_model({"init": str(TINY_ASSETS_DIR)})
+    grown, assets = build_model({"init": str(TINY_ASSETS_DIR), "llm_grow_layers": 2, "seed": 1})
+    assert assets == TINY_ASSETS_DIR
+    layers = base.config.text_config.num_hidden_layers
+    assert grown.config.text_config.num_hidden_layers == layers + 2
+    assert len(grown.config.text_config.layer_types) == layers + 2
+    # every trained tensor is carried over bit-equal
+    old = base.state_dict()
+    for name, tensor in grown.state_dict().items():
+        if name in old:
+            assert torch.equal(tensor, old[name]), name
+        else:
+            assert f"language_model.layers.{layers}." in name or f"language_model.layers.{layers + 1}." in name, name
+    ids = torch.randint(10, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(base(input_ids=ids).logits, grown(input_ids=ids).logits)
+    # the new layers' output projections start at zero and are the first to receive gradient
+    new = grown.model.language_model.layers[layers]
+    assert not new.self_attn.o_proj.weight.any() and not new.mlp.down_proj.weight.any()
+    assert new.self_attn.q_proj.weight.abs().sum() > 0  # the rest is the seeded random init
+    loss = grown(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert new.mlp.down_proj.weight.grad.abs().sum() > 0 and new.self_attn.o_proj.weight.grad.abs().sum() > 0
