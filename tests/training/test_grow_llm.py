@@ -1,4 +1,5 @@
-"""model.llm_grow_layers (training/model_io.grow_llm): more LLM depth on a trained checkpoint."""
+"""Fine-tuning from a trained checkpoint: model.llm_grow_layers (training/model_io.grow_llm) and
+the frozen-encoder fingerprint of the shipped weights."""
 import torch
 
 from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
@@ -29,3 +30,19 @@ def test_grown_llm_computes_the_same_function_and_its_new_layers_train():
     loss = grown(input_ids=ids, labels=ids).loss
     loss.backward()
     assert new.mlp.down_proj.weight.grad.abs().sum() > 0 and new.self_attn.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_shipped_model_has_an_encoder_fingerprint():
+    """The shipped spatial encoder holds a 0-d tensor (the pair-pose head's log temperature);
+    fine-tuning from the shipped weights fingerprints its frozen encoders, and that tensor counts."""
+    from training.feature_store import encoder_fingerprint
+    from training.trainer_utils import state_dict_hash
+
+    model, _ = build_model({"init": str(TINY_ASSETS_DIR)})
+    scalar = model.spatial_encoder.vggt_model.pair_pose_head.log_temperature
+    assert scalar.dim() == 0
+    before = encoder_fingerprint(model)
+    whole = state_dict_hash(model)
+    with torch.no_grad():
+        scalar.add_(1e-3)
+    assert encoder_fingerprint(model) != before and state_dict_hash(model) != whole
