@@ -14,8 +14,9 @@
                   spatial answer needs first
     room head     on the last prompt token's final hidden state: log floor area
     pair head     on the hidden state at layer `pair_layer`, at every category word after the
-                  question's first: that object's offset from the first-named object and from
-                  the previous one (sideways, depth, distance; PAIR_FIELDS). The mention head
+                  prompt's first (option lines included, where the previous one is the sibling
+                  option): that object's offset from the first-named object and from the
+                  previous one (sideways, depth, distance; PAIR_FIELDS). The mention head
                   teaches where each object is; this one asks for the comparison two-object
                   answers (distances, directions, routes) are made of
 

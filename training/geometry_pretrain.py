@@ -18,7 +18,6 @@ loss is not a language-model loss; Trainer would only add indirection here.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -30,8 +30,10 @@ def build_model(model_cfg: dict):
     model.preset: tiny | official; model.assets_dir: tokenizer/processor files (default: the
     package's assets/tiny for the tiny preset, else the init checkpoint); model.llm_overrides:
     text_config fields (e.g. {num_hidden_layers: 4}) for a fresh LLM on a checkpoint's trained
-    encoders, applied only where the checkpoint's LLM differs; model.llm_grow_layers: N more
-    LLM layers on top of a checkpoint's, every trained weight kept (grow_llm); model.spatial_overrides:
+    encoders, applied only where the checkpoint's LLM differs; model.llm_grow_to: D, a trained
+    LLM (checkpoint or assets) of fewer layers grown to D, every trained weight kept (grow_llm;
+    a checkpoint already D deep is kept as it is, so later stages of a run do not grow it
+    again, and llm_overrides is not applied to it); model.spatial_overrides:
     VGGTConfig.tiny fields (e.g. {embed_dim: 128}) of a randomly initialised tiny preset."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR, tiny_config
@@ -44,9 +46,9 @@ def build_model(model_cfg: dict):
         model, report = load_checkpoint(init)
         if not report.ok:
             raise RuntimeError(f"model.init={init}: {report.summary()}")
+        if model_cfg.get("llm_grow_to") is not None:
+            return _grown_to(model, model_cfg), Path(assets or init)
         overrides = dict(model_cfg.get("llm_overrides") or {})
-        if model_cfg.get("llm_grow_layers"):
-            return grow_llm(model, int(model_cfg["llm_grow_layers"]), int(model_cfg.get("seed", 0))), Path(assets or init)
         if any(getattr(model.config.text_config, k, None) != v for k, v in overrides.items()):
             # only a checkpoint of another LLM size is resized (a later stage of the same run
             # keeps the LLM it was handed)
@@ -61,7 +63,11 @@ def build_model(model_cfg: dict):
         model, report = load_checkpoint(assets)
         if not report.ok:
             raise RuntimeError(f"model.init=assets ({assets}): {report.summary()}")
+        if model_cfg.get("llm_grow_to") is not None:
+            model = _grown_to(model, model_cfg)
         return model, assets
+    if model_cfg.get("llm_grow_to") is not None:
+        raise ValueError("model.llm_grow_to grows a trained LLM: set model.init to a checkpoint or 'assets'")
     # the tiny preset's own sizes, not the assets' config.json: the shipped default there is the
     # trained model, whose LLM is deeper (model.llm_overrides) than the preset training starts from
     config = tiny_config(spatial_overrides=model_cfg.get("spatial_overrides")) if preset == "tiny" \
@@ -95,6 +101,15 @@ def _resize_llm(model, overrides: dict, seed: int):
     return fresh
 
 
+def _grown_to(model, model_cfg: dict):
+    """model.llm_grow_to on a loaded trained model: grow it to that depth, or keep it if it is
+    that deep already; never shallower."""
+    target, depth = int(model_cfg["llm_grow_to"]), int(model.config.text_config.num_hidden_layers)
+    if target < depth:
+        raise ValueError(f"model.llm_grow_to={target}: the checkpoint's LLM already has {depth} layers")
+    return grow_llm(model, target - depth, int(model_cfg.get("seed", 0))) if target > depth else model
+
+
 def grow_llm(model, extra_layers: int, seed: int):
     """`model` with `extra_layers` more LLM layers appended, computing the same function.
 
@@ -112,7 +127,8 @@ def grow_llm(model, extra_layers: int, seed: int):
     config.text_config.num_hidden_layers = layers
     if getattr(config.text_config, "layer_types", None) is not None:
         config.text_config.layer_types = (list(config.text_config.layer_types) + ["full_attention"] * layers)[:layers]
-    grown = build_preset(config, seed=seed)
+    with torch.random.fork_rng():  # the preset builder reseeds; leave the stage's RNG stream alone
+        grown = build_preset(config, seed=seed)
     result = grown.load_state_dict(model.state_dict(), strict=False)
     if result.unexpected_keys:
         raise RuntimeError(f"model.llm_grow_layers: keys the grown model lacks: {result.unexpected_keys[:3]}")

@@ -23,7 +23,6 @@ same batches to the same head and only rank 0 writes checkpoints.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,8 @@ where each patch is in the first camera's frame?
     python -m training.position_oracle ... --yaw-noise-deg 24 --shift-noise 0.3   # pose-error model
     python -m training.position_oracle --init runs/repro_1205/cached_sft/final --scale 0 --eval-only \
         --out runs/oracle/base                                  # score a normally trained model alike
-    python -m training.position_oracle --init ros2_spatial_mllm/assets/tiny --scale 0 --steps 3000 \
-        --set model.llm_grow_layers=4 --store runs/cont/feature_store --out runs/cont/deep   # a recipe variant
+    python -m training.position_oracle --init ros2_spatial_mllm/assets/tiny --scale 0 --steps 2000 \
+        --set model.llm_grow_to=8 --store runs/cont/feature_store --out runs/cont/deep   # a recipe variant
     # tiny CPU smoke run (needs a data root): --steps 3 --eval-limit 16
 
 Cached SFT of the default recipe (tiny_default.yaml's cached_sft block: aux targets, grounding
@@ -134,11 +134,15 @@ def main(argv=None) -> int:
                    help="embedding norm before --scale (default: training: the first batch's median 2D-token "
                         "norm, saved as <out>/position_norm.json; --eval-only: the one saved beside --init)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value before the stage is built, e.g. --set model.llm_grow_layers=4 "
+                   help="override a recipe value before the stage is built, e.g. --set model.llm_grow_to=8 "
                         "or --set cached_sft.aux.pair_layer=3 (repeatable)")
     p.add_argument("--eval-only", action="store_true",
                    help="no training: score --init itself (with --scale 0, a normally trained model on cached tokens)")
     args = p.parse_args(argv)
+    owned = ("seed", "output_dir", "feature_store", "model.init", "cached_sft.max_steps", "cached_sft.eval_every")
+    clash = [o for o in args.overrides if o.split("=", 1)[0].strip() in owned]
+    if clash:  # this script sets these itself (its own flags)
+        p.error(f"--set {clash[0]}: set by this script (use --seed, --out, --store, --init, --steps)")
 
     PositionOracleCache.scale, PositionOracleCache.yaw_deg = args.scale, args.yaw_noise_deg
     PositionOracleCache.shift, PositionOracleCache.norm = args.shift_noise, args.norm

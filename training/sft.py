@@ -22,7 +22,6 @@ of the step).
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -157,7 +157,7 @@ class StageStart(NamedTuple):
     """What every stage reads first: its process group, its config block, its seed, its folder
     (a tuple, so a stage unpacks it: `env, scfg, seed, out_dir = start_stage(...)`)."""
     env: DistEnv
-    section: dict
+    stage_cfg: dict
     seed: int
     out_dir: Path
 
@@ -166,12 +166,12 @@ def start_stage(cfg: dict, section: str, env: DistEnv | None = None, device: str
                 default_out: str | None = None) -> StageStart:
     """Join (or start) the process group, set the run's seed, and name the output folder
     (`output_dir`, else `default_out`, else runs/<section>). The seed is set before the model is
-    built, so every stage's random initialisation follows `seed` alone."""
+    built (a stage's own draws follow `seed`; a fresh model's weights follow `model.seed`)."""
     env = env or init_distributed(cfg.get("device", device))
     seed = int(cfg.get("seed", 0))
     set_seed(seed)
     out_dir = Path(cfg.get("output_dir", default_out or f"runs/{section}"))
-    return StageStart(env=env, section=cfg.get(section, {}), seed=seed, out_dir=out_dir)
+    return StageStart(env=env, stage_cfg=cfg.get(section, {}), seed=seed, out_dir=out_dir)
 
 
 def wrap_for_strategy(model: torch.nn.Module, env: DistEnv, strategy: str = "ddp") -> torch.nn.Module:

@@ -22,6 +22,10 @@ def spin_until(node, future, timeout: float):
     return future.result()
 
 
+class NoReply(AssertionError):
+    """A service call that got no reply in time."""
+
+
 def call_service(node, srv_type, name: str, request, timeout: float = 60.0, wait: float = 60.0,
                  attempts: int = 1):
     """Call once, or for read-only services up to `attempts` times within `timeout`.
@@ -41,7 +45,7 @@ def call_service(node, srv_type, name: str, request, timeout: float = 60.0, wait
             if future.done():
                 return future.result()
             client.remove_pending_request(future)
-        raise AssertionError(f"no reply within {timeout} s ({attempts} attempt(s))")
+        raise NoReply(f"no reply within {timeout} s ({attempts} attempt(s))")
     finally:
         node.destroy_client(client)
 
@@ -61,25 +65,29 @@ def lifecycle_state(node, fqn: str) -> str:
 # The primary state each transition ends in when it succeeds.
 TRANSITION_TARGET = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
                      "cleanup": "unconfigured", "shutdown": "finalized"}
+PRIMARY_STATES = {"unconfigured", "inactive", "active", "finalized"}
 
 
 def change_state(node, fqn: str, label: str, timeout: float = 120.0) -> bool:
     """Request one transition; True when it succeeded.
 
     A transition must not be resent, so a dropped reply (see `call_service`) is resolved by
-    reading the state back: it succeeded iff the node moved into the transition's target state.
+    reading the state back once the node is in a primary state again: it succeeded iff the node
+    moved into the transition's target state.
     """
     from lifecycle_msgs.srv import ChangeState
+    if label not in TRANSITION_TARGET:
+        raise ValueError(f"unknown transition {label!r} (one of {sorted(TRANSITION_TARGET)})")
     req = ChangeState.Request()
     req.transition.label = label
     before = lifecycle_state(node, fqn)
     try:
         return call_service(node, ChangeState, f"{fqn}/change_state", req, timeout=timeout).success
-    except AssertionError as exc:
-        if "no reply" not in str(exc):
-            raise
-        after = lifecycle_state(node, fqn)
-        return after != before and after == TRANSITION_TARGET[label]
+    except NoReply:
+        states = [lifecycle_state(node, fqn)]
+        wait_until(lambda: states.append(lifecycle_state(node, fqn)) or states[-1] in PRIMARY_STATES, 60.0,
+                   interval=0.5)
+        return states[-1] != before and states[-1] == TRANSITION_TARGET[label]
 
 
 def get_parameters(node, fqn: str, names: list[str]) -> dict:

@@ -8,9 +8,13 @@ from training.model_io import build_model
 
 def test_grown_llm_computes_the_same_function_and_its_new_layers_train():
     base, _ = build_model({"init": str(TINY_ASSETS_DIR)})
-    grown, assets = build_model({"init": str(TINY_ASSETS_DIR), "llm_grow_layers": 2, "seed": 1})
-    assert assets == TINY_ASSETS_DIR
     layers = base.config.text_config.num_hidden_layers
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    grown, assets = build_model({"init": str(TINY_ASSETS_DIR), "llm_grow_to": layers + 2, "seed": 1})
+    assert torch.equal(torch.rand(3), expected_next)  # growing leaves the caller's RNG stream alone
+    assert assets == TINY_ASSETS_DIR
     assert grown.config.text_config.num_hidden_layers == layers + 2
     assert len(grown.config.text_config.layer_types) == layers + 2
     # every trained tensor is carried over bit-equal
@@ -30,6 +34,25 @@ def test_grown_llm_computes_the_same_function_and_its_new_layers_train():
     loss = grown(input_ids=ids, labels=ids).loss
     loss.backward()
     assert new.mlp.down_proj.weight.grad.abs().sum() > 0 and new.self_attn.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_growth_is_idempotent_and_refuses_what_it_cannot_do(tmp_path):
+    """A later stage handed the grown checkpoint keeps it (the recipe's llm_overrides included);
+    shrinking and growing a random model are errors."""
+    import pytest
+
+    from training.checkpointing import save_model_files
+
+    grown, assets = build_model({"init": str(TINY_ASSETS_DIR), "llm_grow_to": 6})
+    save_model_files(grown, tmp_path / "grown", assets)
+    again, _ = build_model({"init": str(tmp_path / "grown"), "llm_grow_to": 6, "llm_overrides": {"num_hidden_layers": 4}})
+    assert again.config.text_config.num_hidden_layers == 6
+    for name, tensor in grown.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="already has 6 layers"):
+        build_model({"init": str(tmp_path / "grown"), "llm_grow_to": 5})
+    with pytest.raises(ValueError, match="trained LLM"):
+        build_model({"init": "random", "llm_grow_to": 6})
 
 
 def test_shipped_model_has_an_encoder_fingerprint():
