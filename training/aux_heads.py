@@ -164,6 +164,14 @@ class AuxTargetCache:
                 "room_y": torch.tensor([self.category(k)["_room"] for k in keys], dtype=torch.float32)}
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean squared error over the entries where `target` is not NaN (a zero that still carries
+    the graph when none is), with the squared errors and the mask [same shape as target]."""
+    mask = ~torch.isnan(target)
+    sq = (pred - torch.nan_to_num(target)) ** 2
+    return (sq[mask].mean() if mask.any() else pred.sum() * 0.0), sq, mask
+
+
 def aux_losses(heads: AuxHeads, fused: torch.Tensor, hidden_states: tuple, aux: dict,
                video_mask: torch.Tensor | None = None) -> dict:
     """Loss terms (scalars): token_cat (soft cross-entropy), token_xyz, token_time (MSE; with
@@ -184,9 +192,7 @@ def aux_losses(heads: AuxHeads, fused: torch.Tensor, hidden_states: tuple, aux: 
         h = hidden_states[heads.layer][aux["men_b"], aux["men_pos"]].float()
         p, y = heads.mention(h), aux["men_y"]
         out["mention_seen"] = F.binary_cross_entropy_with_logits(p[:, 0], y[:, 0])
-        mask = ~torch.isnan(y[:, 1:])
-        sq = (p[:, 1:] - torch.nan_to_num(y[:, 1:])) ** 2
-        out["mention_reg"] = sq[mask].mean() if mask.any() else p.sum() * 0.0
+        out["mention_reg"], sq, mask = masked_mse(p[:, 1:], y[:, 1:])
         with torch.no_grad():  # per-field errors, logged only (MENTION_FIELDS[1:])
             out["fields"] = {f: float(sq[:, j][mask[:, j]].mean()) if mask[:, j].any() else float("nan")
                              for j, f in enumerate(MENTION_FIELDS[1:])}
@@ -197,10 +203,7 @@ def aux_losses(heads: AuxHeads, fused: torch.Tensor, hidden_states: tuple, aux: 
             out[name] = F.binary_cross_entropy_with_logits(head(h)[:, 0], aux[f"{pre}_y"])
     if heads.pair_layer and len(aux.get("pair_b", ())):
         h = hidden_states[heads.pair_layer][aux["pair_b"], aux["pair_pos"]].float()
-        p, y = heads.pair(h), aux["pair_y"]                               # [P, 6]
-        mask = ~torch.isnan(y)
-        sq = (p - torch.nan_to_num(y)) ** 2
-        out["pair"] = sq[mask].mean() if mask.any() else p.sum() * 0.0
+        out["pair"] = masked_mse(heads.pair(h), aux["pair_y"])[0]           # [P, 6] PAIR_FIELDS
     last = hidden_states[-1][torch.arange(len(aux["room_pos"])), aux["room_pos"]].float()
     out["room"] = F.mse_loss(heads.room(last)[:, 0], aux["room_y"])
     return out

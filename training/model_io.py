@@ -80,25 +80,31 @@ def _resize_llm(model, overrides: dict, seed: int):
     """A fresh LLM + connector with text_config `overrides` (e.g. num_hidden_layers) on the
     trained encoders of `model` (2D tower and spatial encoder copied; the width must stay, as
     the 2D merger projects to it)."""
-    import copy
-
     from ros2_spatial_mllm.model.presets import build_model as build_preset
 
-    config = copy.deepcopy(model.config)
-    if int(overrides.get("hidden_size", config.text_config.hidden_size)) != config.text_config.hidden_size:
+    if int(overrides.get("hidden_size", model.config.text_config.hidden_size)) != model.config.text_config.hidden_size:
         raise ValueError("model.llm_overrides cannot change hidden_size (the 2D merger projects to it)")
-    for key, value in overrides.items():
-        setattr(config.text_config, key, value)
-    layers = int(config.text_config.num_hidden_layers)
-    if getattr(config.text_config, "layer_types", None) is not None:
-        config.text_config.layer_types = (list(config.text_config.layer_types) + ["full_attention"] * layers)[:layers]
-    fresh = build_preset(config, seed=seed)
+    fresh = build_preset(_llm_config(model, overrides), seed=seed)
     keep = {k: v for k, v in model.state_dict().items() if k.startswith(("model.visual.", "spatial_encoder."))}
     missing = [k for k in keep if k not in fresh.state_dict()]
     if missing:
         raise RuntimeError(f"model.llm_overrides: encoder keys not found in the resized model: {missing[:3]}")
     fresh.load_state_dict(keep, strict=False)
     return fresh
+
+
+def _llm_config(model, text_fields: dict):
+    """A copy of `model.config` with `text_fields` set on its text_config, the per-layer
+    attention types padded or cut to the new depth (full attention for added layers)."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for key, value in text_fields.items():
+        setattr(config.text_config, key, value)
+    layers = int(config.text_config.num_hidden_layers)
+    if getattr(config.text_config, "layer_types", None) is not None:
+        config.text_config.layer_types = (list(config.text_config.layer_types) + ["full_attention"] * layers)[:layers]
+    return config
 
 
 def _grown_to(model, model_cfg: dict):
@@ -117,24 +123,18 @@ def grow_llm(model, extra_layers: int, seed: int):
     (down_proj) start at zero, so its residual branch adds nothing until training grows it (the
     zero-initialised residual branch trick). A cheap way to give a trained model more depth:
     the hidden width cannot grow, as the frozen 2D merger projects to it."""
-    import copy
-
     from ros2_spatial_mllm.model.presets import build_model as build_preset
 
-    config = copy.deepcopy(model.config)
-    old = int(config.text_config.num_hidden_layers)
+    old = int(model.config.text_config.num_hidden_layers)
     layers = old + int(extra_layers)
-    config.text_config.num_hidden_layers = layers
-    if getattr(config.text_config, "layer_types", None) is not None:
-        config.text_config.layer_types = (list(config.text_config.layer_types) + ["full_attention"] * layers)[:layers]
     with torch.random.fork_rng():  # the preset builder reseeds; leave the stage's RNG stream alone
-        grown = build_preset(config, seed=seed)
+        grown = build_preset(_llm_config(model, {"num_hidden_layers": layers}), seed=seed)
     result = grown.load_state_dict(model.state_dict(), strict=False)
     if result.unexpected_keys:
-        raise RuntimeError(f"model.llm_grow_layers: keys the grown model lacks: {result.unexpected_keys[:3]}")
+        raise RuntimeError(f"model.llm_grow_to: keys the grown model lacks: {result.unexpected_keys[:3]}")
     new = tuple(f"language_model.layers.{i}." for i in range(old, layers))
     if any(not any(t in k for t in new) for k in result.missing_keys):
-        raise RuntimeError(f"model.llm_grow_layers: trained keys left unloaded: {result.missing_keys[:3]}")
+        raise RuntimeError(f"model.llm_grow_to: trained keys left unloaded: {result.missing_keys[:3]}")
     with torch.no_grad():
         for name, param in grown.named_parameters():
             if any(t in name for t in new) and name.endswith(("o_proj.weight", "down_proj.weight")):

@@ -15,13 +15,6 @@ FRAME_H, FRAME_W = 48, 64
 
 
 # ---------------------------------------------------------------------------- calls
-def spin_until(node, future, timeout: float):
-    import rclpy
-    rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-    assert future.done(), f"no reply within {timeout} s"
-    return future.result()
-
-
 class NoReply(AssertionError):
     """A service call that got no reply in time."""
 
@@ -84,10 +77,11 @@ def change_state(node, fqn: str, label: str, timeout: float = 120.0) -> bool:
     try:
         return call_service(node, ChangeState, f"{fqn}/change_state", req, timeout=timeout).success
     except NoReply:
-        states = [lifecycle_state(node, fqn)]
-        wait_until(lambda: states.append(lifecycle_state(node, fqn)) or states[-1] in PRIMARY_STATES, 60.0,
-                   interval=0.5)
-        return states[-1] != before and states[-1] == TRANSITION_TARGET[label]
+        state, end = lifecycle_state(node, fqn), time.monotonic() + 60.0
+        while state not in PRIMARY_STATES and time.monotonic() < end:  # still mid-transition
+            time.sleep(0.5)
+            state = lifecycle_state(node, fqn)
+        return state != before and state == TRANSITION_TARGET[label]
 
 
 def get_parameters(node, fqn: str, names: list[str]) -> dict:

@@ -1,4 +1,4 @@
-"""Fine-tuning from a trained checkpoint: model.llm_grow_layers (training/model_io.grow_llm) and
+"""Fine-tuning from a trained checkpoint: model.llm_grow_to (training/model_io.grow_llm) and
 the frozen-encoder fingerprint of the shipped weights."""
 import torch
 
