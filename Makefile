@@ -17,7 +17,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(VENV)/bin/spatial-mllm ask --video $(DEMO_CLIP) --question "$(QUESTION)" --sampling space_aware --num-frames 16
+	@$(VENV)/bin/spatial-mllm ask --video $(DEMO_CLIP) --question "$(QUESTION)" --sampling space_aware --num-frames 8
 
 demo-ros: setup
 	@bash scripts/demo_ros.sh "$(BAG)" "$(ROS_QUESTION)"

@@ -7,7 +7,8 @@
 Tiny CPU run (embedded tiny preset: the trained default from training/configs/tiny_default.yaml):
     spatial-mllm ask --video ros2_spatial_mllm/assets/demo/room.mp4 --question "How many chairs?" --num-frames 8
     spatial-mllm ask --video clip.mp4 --question "How many chairs?" --device cuda --decode-mode compiled
-        (--decode-mode eager|static|compiled: the LLM decode path, see ros2_spatial_mllm/inference.py)
+        (--decode-mode eager|static|compiled: the LLM decode path, see ros2_spatial_mllm/inference.py;
+         --numeric-answers expected_mra|greedy: how numbers are chosen, ros2_spatial_mllm/numeric_answer.py)
 
 Prints ONE JSON object on stdout: answer (raw text), parsed (kind/choice/value/unit), frames
 (selected source indices and timestamps), sampling (method, coverage, voxel size, gains), model
@@ -34,6 +35,8 @@ import sys
 import time
 import traceback
 from typing import Optional, Sequence
+
+from ros2_spatial_mllm.numeric_answer import NUMERIC_ANSWER_MODES
 
 __all__ = ["main", "build_parser", "ask", "UsageError"]
 
@@ -128,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask_parser.add_argument("--decode-mode", default="eager", choices=DECODE_MODES,
                             help="LLM decode path: eager (dynamic KV cache, default), static (static KV "
                                  "cache), compiled (static + torch.compile CUDA graphs; CUDA devices only)")
+    ask_parser.add_argument("--numeric-answers", default="expected_mra", choices=NUMERIC_ANSWER_MODES,
+                            help="numeric replies: expected_mra (the number with the highest expected relative "
+                                 "accuracy under the model, default) or greedy (digit by digit)")
     return parser
 
 
@@ -188,7 +194,7 @@ def ask(args: argparse.Namespace) -> dict:
                              backend_options={"onnx_dir": args.onnx_dir, "engine_cache_dir": args.engine_cache_dir,
                                               "engine_precision": args.engine_precision,
                                               "allow_engine_build": args.allow_engine_build},
-                             decode_mode=args.decode_mode)
+                             decode_mode=args.decode_mode, numeric_answers=args.numeric_answers)
     timings["load_model"] = (time.perf_counter() - lap) * 1000.0
     try:
         from ros2_spatial_mllm import sampling
@@ -239,7 +245,7 @@ def ask(args: argparse.Namespace) -> dict:
                      "voxel_size": selection.voxel_size, "num_voxels": selection.num_voxels,
                      "gains": selection.gains},
         "model": {key: info.get(key) for key in ("preset", "model_dir", "revision", "params", "device", "dtype",
-                                                 "decode_mode")},
+                                                 "decode_mode", "numeric_answers")},
         "timings_ms": {key: round(value, 3) for key, value in timings.items()},
     }
     if args.report:

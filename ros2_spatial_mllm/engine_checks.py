@@ -156,7 +156,8 @@ def load_with_verified_backend(model=None, preset: str = "tiny", device: str = "
 
     options = dict(backend_options or {})
     engine = SpatialMLLM.load(model, preset=preset, device=device, dtype=dtype,
-                              decode_mode=options.pop("decode_mode", None))
+                              decode_mode=options.pop("decode_mode", None),
+                              numeric_answers=options.pop("numeric_answers", None))
     engine.backend_check = None
     if (backend or "torch").lower() in ("torch", "pytorch"):
         return engine

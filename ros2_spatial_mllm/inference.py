@@ -17,6 +17,13 @@ so that compilation is not paid by the first query). All modes share one token l
 streaming (on_token), should_stop between tokens, greedy / temperature + top-p sampling with
 the same seeded generator, the same timings_ms keys.
 
+Numeric answers (`numeric_answers`, also a node parameter and `--numeric-answers`):
+"expected_mra" (default) replaces a free-form greedy reply that is one bare number, ended
+within the token budget, with the number of highest expected MRA under the model's own
+distribution (numeric_answer.py; in static and compiled modes one more, eager, prefill; its
+on_token pieces, one per token, come once the reply has ended); "greedy" keeps the
+reference's digit-by-digit reply.
+
 Loading is offline only: `model` must be an existing local directory in the official v1.1
 layout (see model/checkpoint.py); Hub ids are refused with a clear error.
 """
@@ -25,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import threading
 import time
@@ -38,9 +44,10 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .backends.llm import DEFAULT_MAX_CACHE_LEN, DECODE_MODES, LLMDecoder, check_decode_mode
-from .model.checkpoint import load_checkpoint, resolve_model_dir
+from .model.checkpoint import eos_token_ids, load_checkpoint, load_tokenizer, resolve_model_dir
 from .model.presets import TINY_ASSETS_DIR
 from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
+from .numeric_answer import NumberHold, answer_number, check_numeric_answers, is_lone_number, token_pieces
 from .prompts import build_prompt
 from .safety import check_model_dir, enforce_offline, model_identity
 
@@ -76,37 +83,6 @@ def parse_dtype(dtype, device: str) -> torch.dtype:
     return names[key]
 
 
-def _load_tokenizer(model_dir: Path):
-    from transformers import Qwen2Tokenizer
-
-    tokenizer = Qwen2Tokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    if not getattr(tokenizer, "chat_template", None):
-        for name in ("chat_template.jinja", "chat_template.json"):
-            path = model_dir / name
-            if path.is_file():
-                text = path.read_text()
-                tokenizer.chat_template = json.loads(text)["chat_template"] if name.endswith(".json") else text
-                break
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"'{model_dir}' has no chat template (tokenizer_config.json or chat_template.*)")
-    return tokenizer
-
-
-def _eos_ids(model_dir: Path, config, tokenizer) -> List[int]:
-    ids: List[int] = []
-    gen = model_dir / "generation_config.json"
-    if gen.is_file():
-        value = json.loads(gen.read_text()).get("eos_token_id")
-        ids += value if isinstance(value, list) else [value] if value is not None else []
-    text_eos = config.text_config.eos_token_id
-    ids += text_eos if isinstance(text_eos, list) else [text_eos] if text_eos is not None else []
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid >= 0:
-            ids.append(tid)
-    return sorted(set(int(i) for i in ids))
-
-
 class SpatialMLLM:
     """A loaded Spatial-MLLM with its tokenizer and video preprocessing (see module docstring)."""
 
@@ -121,18 +97,20 @@ class SpatialMLLM:
         self.load_report = load_report
         self._answer_lock = threading.Lock()  # answer() mutates the model's mRoPE state: one at a time
         self._decoder: Optional[LLMDecoder] = None  # static / compiled decode (None = eager)
+        self._eager_decoder: Optional[LLMDecoder] = None  # numeric answers branch on a DynamicCache
+        self._numeric_answers = "expected_mra"
         params = sum(p.numel() for p in model.parameters())
         self._info = dict(preset=preset, model_dir=str(model_dir), **model_identity(model_dir), params=int(params),
                           device=str(device), dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                           load_report=load_report.summary() if load_report is not None else None,
-                          decode_mode="eager")
+                          decode_mode="eager", numeric_answers=self._numeric_answers)
 
     # ---- construction ---------------------------------------------------------------------
 
     @classmethod
     def load(cls, model: str | Path | None = None, preset: str = "tiny", device: str = "cpu", dtype=None,
              backend: str = "torch", backend_options: dict | None = None,
-             decode_mode: str | None = None) -> "SpatialMLLM":
+             decode_mode: str | None = None, numeric_answers: str | None = None) -> "SpatialMLLM":
         """model=None -> embedded preset (only "tiny" is embedded); else a local checkpoint dir.
 
         backend: "torch" (default), "onnxruntime" or "tensorrt" for the encoders and connector;
@@ -142,10 +120,14 @@ class SpatialMLLM:
         decode_mode: "eager" (default), "static" or "compiled" (CUDA only), see set_decode_mode;
         also read from backend_options["decode_mode"] (how the node passes it). An unknown mode,
         or "compiled" on a non-CUDA device, raises ValueError before any weight is read.
+        numeric_answers: "expected_mra" (default) or "greedy" (module docstring); also read from
+        backend_options["numeric_answers"].
         """
         options = dict(backend_options or {})
         option_mode = options.pop("decode_mode", None)
         mode = check_decode_mode(decode_mode or option_mode or "eager", device)
+        numeric = check_numeric_answers(numeric_answers or options.pop("numeric_answers", None) or "expected_mra")
+        options.pop("numeric_answers", None)
         if model is None:
             if preset != "tiny":
                 raise ValueError(f"preset {preset!r} has no embedded weights: pass model=<local directory>")
@@ -160,9 +142,9 @@ class SpatialMLLM:
         if not report.ok:
             LOG.warning("checkpoint %s: %s (missing: %s, unexpected: %s)", model_dir, report.summary(),
                         report.missing[:5], report.unexpected[:5])
-        tokenizer = _load_tokenizer(Path(model_dir))
+        tokenizer = load_tokenizer(Path(model_dir))
         engine = cls(net, tokenizer, VideoProcessingConfig.from_dir(model_dir), Path(model_dir), used_preset,
-                     torch.device(device), _eos_ids(Path(model_dir), net.config, tokenizer), report)
+                     torch.device(device), eos_token_ids(Path(model_dir), net.config, tokenizer), report)
         engine._info["model_check"] = (f"{check.num_tensors} tensors, {check.tensor_bytes} bytes, "
                                        "safetensors only")
         if backend != "torch":
@@ -171,11 +153,13 @@ class SpatialMLLM:
             configure_backend(engine, backend, **{"device": device, **options})
             engine._info["backend"] = backend
         engine.set_decode_mode(mode)
+        engine.set_numeric_answers(numeric)
         return engine
 
     @property
     def info(self) -> dict:
-        """dict(preset, model_dir, revision, params, device, dtype, load_report, decode_mode)."""
+        """dict(preset, model_dir, revision, params, device, dtype, load_report, decode_mode,
+        numeric_answers)."""
         return dict(self._info)
 
     @property
@@ -201,10 +185,16 @@ class SpatialMLLM:
             self._decoder = decoder
             self._info["decode_mode"] = mode
 
+    def set_numeric_answers(self, mode: str) -> None:
+        """"expected_mra" or "greedy" (module docstring); ValueError (one line) otherwise."""
+        mode = check_numeric_answers(mode)
+        with self._answer_lock:
+            self._numeric_answers = self._info["numeric_answers"] = mode
+
     def close(self) -> None:
         """Free the model (the object is unusable afterwards)."""
         self.model = None
-        self._decoder = None
+        self._decoder = self._eager_decoder = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -284,7 +274,7 @@ class SpatialMLLM:
         stop = should_stop or (lambda: False)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         generated: List[int] = []
-        text, cancelled = "", False
+        text, cancelled, choice = "", False, None
         if stop():
             cancelled = True
         else:
@@ -294,16 +284,22 @@ class SpatialMLLM:
             lap("vision_encoder")
             fused = model.connector(video, features, patch_start, inputs["video_grid_thw"])
             lap("connector")
-            logits, step = self._prefill(model, inputs, fused, max_new_tokens)
+            numeric = self._numeric_answers == "expected_mra" and not options and temperature <= 0
+            branchable = numeric and self._decoder is None  # eager: the search rewinds this session
+            logits, step, session = self._prefill(model, inputs, fused, max_new_tokens, branchable)
+            first_logits, prompt_len = logits[0], session.position if branchable else 0
+            emit = NumberHold(on_token) if numeric else on_token  # a lone number is replaced below
             lap("prefill")
+            ended = False  # an end-of-sequence token came within the budget
             while len(generated) < max_new_tokens:
                 token = _pick(logits[0].float(), temperature, top_p, generator)
                 if token in self.eos_ids:
+                    ended = True
                     break
                 generated.append(token)
                 new_text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                if on_token is not None and new_text != text and not new_text.endswith("\ufffd"):
-                    on_token(new_text[len(text):])
+                if emit is not None and new_text != text and not new_text.endswith("\ufffd"):
+                    emit(new_text[len(text):])
                 if not new_text.endswith("\ufffd"):
                     text = new_text
                 if len(generated) >= max_new_tokens:
@@ -312,18 +308,35 @@ class SpatialMLLM:
                     cancelled = True
                     break
                 logits = step(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if numeric and ended and not cancelled and is_lone_number(text):  # not a number cut at the budget
+                if branchable:
+                    session.rewind(prompt_len)
+                else:  # a static cache cannot branch: one eager prefill more, for lone numbers only
+                    logits, session = self._eager_start(model, inputs, fused, max_new_tokens)
+                    first_logits = logits[0]
+                try:
+                    choice = answer_number(session, first_logits, self.tokenizer.decode, self.eos_ids,
+                                           min(8, max_new_tokens), stop)
+                except InterruptedError:
+                    cancelled = True
+                if choice is not None:
+                    generated, text = list(choice.tokens), choice.text
+            if numeric:  # one piece per token, as greedy streams them
+                emit.finish(token_pieces(self.tokenizer.decode, generated) if choice is not None else None)
             lap("decode")
-        text = self.tokenizer.decode(generated, skip_special_tokens=True)
         timings["total"] = (time.perf_counter() - start) * 1000.0
         return QueryResult(text=text, num_tokens=len(generated), cancelled=cancelled, timings_ms=timings)
 
-    def _prefill(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int):
+    def _prefill(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int, branchable: bool = False):
         """Prefill with the fused video tokens [N, hidden] -> (logits [1, V] of the first new
-        token, step(token_id) -> logits [1, V] of the next), by the current decode mode."""
-        if self._decoder is not None:  # static / compiled: backends/llm.py
-            logits, session = self._decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"],
-                                                  max_new_tokens, inputs["second_per_grid_ts"])
-            return logits, session.step
+        token, step(token_id) -> logits [1, V] of the next, the DecodeSession or None), by the
+        current decode mode; branchable=True (eager mode only) gives an LLMDecoder session."""
+        if branchable or self._decoder is not None:  # static / compiled, or eager to branch: backends/llm.py
+            logits, session = (self._eager_start(model, inputs, fused, max_new_tokens) if branchable else
+                               self._decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"],
+                                                   max_new_tokens, inputs["second_per_grid_ts"]))
+            return logits, session.step, session
         model.model.rope_deltas = None
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                     mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
@@ -338,7 +351,14 @@ class SpatialMLLM:
             cache[0] = out.past_key_values
             return out.logits[:, -1]
 
-        return out.logits[:, -1], step
+        return out.logits[:, -1], step, None
+
+    def _eager_start(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int):
+        """(logits [1, V], DecodeSession) of an eager prefill, whatever the decode mode."""
+        if self._eager_decoder is None:
+            self._eager_decoder = LLMDecoder(model)
+        return self._eager_decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"], max_new_tokens,
+                                         inputs["second_per_grid_ts"])
 
     # ---- geometry -------------------------------------------------------------------------
 

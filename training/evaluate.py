@@ -9,7 +9,7 @@ Full form::
 
     spatial-mllm-eval --model DIR|--preset tiny --data DIR --split test [--num-frames 16]
                       [--sampling space_aware|space_aware_sensor|uniform] [--confidence frame|batch]
-                      [--device cpu|cuda] [--limit N] --out DIR
+                      [--numeric-answers expected_mra|greedy] [--device cpu|cuda] [--limit N] --out DIR
 
 Reads ``DIR/<split>.jsonl`` (rows of training/data/dataset.py). VSI-Bench rows (whole-video
 questions) get ``--num-frames`` frames chosen by the sampler (space-aware: one
@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ros2_spatial_mllm.numeric_answer import NUMERIC_ANSWER_MODES
+
 
 def _parser() -> argparse.ArgumentParser:
     from ros2_spatial_mllm.sampling.sources import add_confidence_option
@@ -51,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget per answer")
+    p.add_argument("--numeric-answers", choices=NUMERIC_ANSWER_MODES, default="expected_mra",
+                   help="numbers: expected_mra (the number of highest expected MRA under the model) or greedy "
+                        "(digit by digit, the reference's decoding); ros2_spatial_mllm/numeric_answer.py")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     p.add_argument("--out", required=True, help="output directory for predictions and tables")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
@@ -127,7 +132,8 @@ def evaluate(args) -> Dict:
         raise ValueError(f"split '{args.split}' has no rows")
     if args.num_frames < 1:
         raise ValueError("--num-frames must be >= 1")
-    model = SpatialMLLM.load(args.model, preset=args.preset or "tiny", device=args.device, dtype=args.dtype)
+    model = SpatialMLLM.load(args.model, preset=args.preset or "tiny", device=args.device, dtype=args.dtype,
+                             numeric_answers=args.numeric_answers)
     selector = FrameSelector(model, data_dir, args.num_frames, args.sampling, args.confidence)
     out_dir.mkdir(parents=True, exist_ok=True)
     scored, t0 = [], time.perf_counter()
@@ -148,6 +154,7 @@ def evaluate(args) -> Dict:
     summary = aggregate(scored)
     info = {"model": model.info.get("model_dir") and str(model.info.get("model_dir")), "preset": args.preset,
             "split": args.split, "num_frames": args.num_frames, "sampling": args.sampling, "confidence": args.confidence,
+            "numeric_answers": args.numeric_answers,
             "elapsed_s": round(time.perf_counter() - t0, 2)}
     paths = write_tables(summary, out_dir, title=f"{args.split} ({args.sampling}, {args.num_frames} frames)", extra={"run": info})
     model.close()

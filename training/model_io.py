@@ -284,18 +284,19 @@ class ExampleEncoder:
     """QA record -> tensors the model takes, cached per record (deterministic)."""
 
     def __init__(self, model: Any, assets_dir: str | Path, data_cfg: dict, seed: int = 0):
-        from ros2_spatial_mllm.inference import SpatialMLLM, _eos_ids, _load_tokenizer
+        from ros2_spatial_mllm.inference import SpatialMLLM
+        from ros2_spatial_mllm.model.checkpoint import eos_token_ids, load_tokenizer
         from ros2_spatial_mllm.model.processing import VideoProcessingConfig
 
         self.assets_dir = str(assets_dir)
-        self.tokenizer = _load_tokenizer(Path(assets_dir))
+        self.tokenizer = load_tokenizer(Path(assets_dir))
         self.video_cfg = VideoProcessingConfig.from_dir(assets_dir)
         if data_cfg.get("max_pixels"):
             self.video_cfg.max_pixels = int(data_cfg["max_pixels"])
         # B's inference object around the model being trained: its prepare_inputs is reused so
         # training sees byte-identical inputs to answering.
         self.runtime = SpatialMLLM(model, self.tokenizer, self.video_cfg, Path(assets_dir), None, torch.device("cpu"),
-                                   _eos_ids(Path(assets_dir), model.config, self.tokenizer))
+                                   eos_token_ids(Path(assets_dir), model.config, self.tokenizer))
         self.data_cfg = data_cfg
         self.k = int(data_cfg.get("num_frames", 8))
         self.sampling = data_cfg.get("frame_sampling", "uniform")

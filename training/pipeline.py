@@ -197,7 +197,8 @@ def run_eval(model_dir: Path, data_root: Path, out: Path, ecfg: dict) -> dict:
     for sampling in ecfg.get("samplings", ["uniform", "space_aware"]):
         argv = ["--model", str(model_dir), "--data", str(data_root), "--split", split, "--num-frames",
                 str(ecfg.get("num_frames", 8)), "--sampling", sampling, "--out", str(out / sampling), "--no-progress",
-                "--max-new-tokens", str(ecfg.get("max_new_tokens", 12))]
+                "--max-new-tokens", str(ecfg.get("max_new_tokens", 12)),
+                "--numeric-answers", str(ecfg.get("numeric_answers", "expected_mra"))]
         if ecfg.get("limit"):
             argv += ["--limit", str(ecfg["limit"])]
         results[sampling] = evaluate(_parser().parse_args(argv))["summary"]

@@ -146,7 +146,8 @@ def semantic_loss(model, head: torch.nn.Module, batch: list[dict], object_weight
 
 def run_semantic(cfg: dict) -> dict:
     """Run the stage from a config dict (see training/configs/semantic_tiny.yaml)."""
-    from ros2_spatial_mllm.inference import SpatialMLLM, _eos_ids, _load_tokenizer
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    from ros2_spatial_mllm.model.checkpoint import eos_token_ids, load_tokenizer
     from ros2_spatial_mllm.model.processing import VideoProcessingConfig
     from training.model_io import build_model
 
@@ -168,10 +169,10 @@ def run_semantic(cfg: dict) -> dict:
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     max_steps = int(scfg.get("max_steps", 500))
     scheduler = cosine_with_warmup(optimizer, int(scfg.get("warmup_steps", 20)), max_steps)
-    tok = _load_tokenizer(Path(assets_dir))
+    tok = load_tokenizer(Path(assets_dir))
     vcfg = VideoProcessingConfig.from_dir(assets_dir)
     runtime = SpatialMLLM(model, tok, vcfg, Path(assets_dir), None, torch.device("cpu"),
-                          _eos_ids(Path(assets_dir), model.config, tok))
+                          eos_token_ids(Path(assets_dir), model.config, tok))
     per = int(scfg.get("scenes_per_batch", 8))
     if env.is_main:
         print(f"semantic: {len(clips.scenes)} scenes, {num_classes} classes, trainable {counts}")

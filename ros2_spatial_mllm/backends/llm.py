@@ -112,6 +112,43 @@ class DecodeSession:
         self.position += 1
         return self.decoder._step(token.to(device), position.view(1, 1, 1).expand(3, 1, 1), self.cache)
 
+    def rewind(self, length: int) -> None:
+        """Drop every token after the first `length` (eager sessions: DynamicCache.crop)."""
+        if not hasattr(self.cache, "crop"):
+            raise ValueError("rewind needs an eager decode session (DynamicCache)")
+        excess = int(self.cache.get_seq_length()) - int(length)
+        if excess > 0:
+            self.cache.crop(-excess)  # negative: remove that many (transformers 4.x and 5.x alike)
+        self.position = int(length)
+
+    @torch.inference_mode()
+    def branch_logits(self, prefixes: Sequence[Sequence[int]], max_bytes: int = 512 << 20) -> torch.Tensor:
+        """Logits [F, V] of the token after each of F continuations (equal length d) of where the
+        session stands, leaving the session as it was. Eager (DynamicCache) sessions only.
+
+        Continuations run in batches on the cache repeated once per row (a new DynamicCache; the
+        session's own is not touched); a batch holds as many rows as fit in max_bytes of repeated
+        cache (at least 1, at most 64)."""
+        from transformers import DynamicCache
+
+        if not isinstance(self.cache, DynamicCache):
+            raise ValueError("branch_logits needs an eager decode session (DynamicCache)")
+        ids = torch.tensor([list(p) for p in prefixes], dtype=torch.long, device=self.decoder.device)  # [F, d]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError("branch_logits needs one or more non-empty continuations of equal length")
+        steps = torch.arange(ids.shape[1], device=ids.device) + self.position
+        cache_bytes = sum(t.numel() * t.element_size() for layer in self.cache.layers
+                          for t in (layer.keys, layer.values) if torch.is_tensor(t))
+        out = []
+        for rows in ids.split(max(1, min(64, max_bytes // max(cache_bytes, 1)))):
+            cache = DynamicCache(config=self.decoder.config.get_text_config(decoder=True))
+            for index, layer in enumerate(self.cache.layers):  # [1, heads, L, d] -> [f, heads, L, d]
+                cache.update(layer.keys.repeat_interleave(rows.shape[0], 0),
+                             layer.values.repeat_interleave(rows.shape[0], 0), index)
+            position = (steps.view(1, -1) + self.delta).expand(rows.shape[0], -1)  # [f, d], delta [1, 1]
+            out.append(self.decoder._forward(self.decoder.embed(rows), position[None].expand(3, -1, -1), cache))
+        return torch.cat(out)
+
 
 class LLMDecoder:
     """Prefill + incremental decode over a SpatialMLLMForConditionalGeneration's language model."""

@@ -38,6 +38,8 @@ __all__ = [
     "resolve_model_dir",
     "save_checkpoint",
     "load_checkpoint",
+    "load_tokenizer",
+    "eos_token_ids",
 ]
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -253,3 +255,37 @@ def load_checkpoint(
                 state[to_module_key(key)].zero_()
     model.tie_weights()
     return model.eval(), report
+
+
+def load_tokenizer(model_dir: Path):
+    """The checkpoint's Qwen2 tokenizer with its chat template (from the tokenizer config or
+    chat_template.jinja/.json); ValueError when there is none. Local files only."""
+    from transformers import Qwen2Tokenizer
+
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        for name in ("chat_template.jinja", "chat_template.json"):
+            path = model_dir / name
+            if path.is_file():
+                text = path.read_text()
+                tokenizer.chat_template = json.loads(text)["chat_template"] if name.endswith(".json") else text
+                break
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"'{model_dir}' has no chat template (tokenizer_config.json or chat_template.*)")
+    return tokenizer
+
+
+def eos_token_ids(model_dir: Path, config, tokenizer) -> List[int]:
+    """Every id that ends a reply: generation_config.json's, the text config's, <|im_end|>, <|endoftext|>."""
+    ids: List[int] = []
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        value = json.loads(gen.read_text()).get("eos_token_id")
+        ids += value if isinstance(value, list) else [value] if value is not None else []
+    text_eos = config.text_config.eos_token_id
+    ids += text_eos if isinstance(text_eos, list) else [text_eos] if text_eos is not None else []
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid >= 0:
+            ids.append(tid)
+    return sorted(set(int(i) for i in ids))

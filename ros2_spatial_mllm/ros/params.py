@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ros2_spatial_mllm.numeric_answer import NUMERIC_ANSWER_MODES
+
 SAMPLING_MODES = ("space_aware", "uniform", "latest")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
@@ -44,6 +46,9 @@ class NodeConfig:
     decode_mode: str = _p("eager", "LLM decode path: eager (dynamic KV cache), static (static KV "
                           "cache reused across queries), compiled (static + torch.compile CUDA "
                           "graphs, CUDA only, compiled at activate)", choices=DECODE_MODES)
+    numeric_answers: str = _p("expected_mra", "numeric replies: expected_mra (the number with the highest "
+                              "expected relative accuracy under the model's own distribution) or greedy "
+                              "(digit by digit, the reference's decoding)", choices=NUMERIC_ANSWER_MODES)
     # image input
     image_topic: str = _p("image", "image topic (relative names remap cleanly); with "
                           "image_transport=compressed the node subscribes to <image_topic>/compressed")
@@ -177,7 +182,7 @@ class NodeConfig:
         """Keyword options for SpatialMLLM.load(backend_options=...)."""
         return {"onnx_dir": self.onnx_dir, "engine_cache_dir": self.engine_cache_dir,
                 "engine_precision": self.engine_precision, "allow_engine_build": self.allow_engine_build,
-                "decode_mode": self.decode_mode}
+                "decode_mode": self.decode_mode, "numeric_answers": self.numeric_answers}
 
     def engine_config(self):
         """The QueryEngine's settings (query_engine.EngineConfig); the hard limits stay above the defaults."""

@@ -167,6 +167,21 @@ def test_ask_with_static_decode_mode(png_folder):
     assert out["timings_ms"]["model_decode"] >= 0.0 and out["timings_ms"]["model_prefill"] > 0.0
 
 
+def test_numeric_answers_option(png_folder, room_video):
+    answers = {}
+    for mode in ("expected_mra", "greedy"):
+        proc = run_cli("ask", "--video", png_folder, "--question", "How big is this room in square meters?",
+                       "--sampling", "uniform", "--num-frames", 3, "--numeric-answers", mode)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["model"]["numeric_answers"] == mode
+        answers[mode] = out["parsed"]
+    assert answers["expected_mra"]["kind"] == answers["greedy"]["kind"] == "number"
+    proc = run_cli("ask", "--video", room_video, "--question", "q?", "--numeric-answers", "mean")
+    assert proc.returncode == 2
+    assert_clean_error(proc, "--numeric-answers")
+
+
 def test_unreadable_and_empty_inputs(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video at all")

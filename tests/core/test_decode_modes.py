@@ -82,12 +82,13 @@ def test_static_logits_match_eager_step_by_step(mllm, clip_frames):
         features, patch_start = model.spatial_features(inputs["spatial_pixel_values"])
         video = model.video_embeds(inputs["pixel_values_videos"], inputs["video_grid_thw"])
         fused = model.connector(video, features, patch_start, inputs["video_grid_thw"])
-        for mode in ("eager", "static"):
-            mllm.set_decode_mode(mode)
-            first, step = mllm._prefill(model, inputs, fused, len(forced))
+        for mode in ("eager", "static", "branchable"):  # branchable: the eager LLMDecoder numeric answers use
+            mllm.set_decode_mode("eager" if mode == "branchable" else mode)
+            first, step, _ = mllm._prefill(model, inputs, fused, len(forced), branchable=mode == "branchable")
             logits[mode] = torch.cat([first] + [step(t) for t in forced[:-1]])  # [5, V]
     mllm.set_decode_mode("eager")
     torch.testing.assert_close(logits["static"], logits["eager"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits["branchable"], logits["eager"], atol=1e-4, rtol=1e-4)
 
 
 def test_static_mode_streams_pieces_that_make_the_text_and_reports_timings(mllm, clip_frames):

@@ -33,7 +33,16 @@ def test_load_without_arguments_uses_embedded_tiny(mllm):
     assert info["model_check"].endswith("safetensors only")
 
 
-def test_answer_streams_tokens_and_reports_timings(mllm):
+@pytest.fixture
+def greedy_numbers(mllm):
+    """Token-loop tests: a reply of digits stays as decoded (numeric_answer.py replaces it otherwise)."""
+    mllm.set_numeric_answers("greedy")
+    yield mllm
+    mllm.set_numeric_answers("expected_mra")
+
+
+def test_answer_streams_tokens_and_reports_timings(greedy_numbers):
+    mllm = greedy_numbers
     mllm.eos_ids, saved = [], mllm.eos_ids  # no end-of-sequence: force the full length
     try:
         pieces = []
@@ -69,7 +78,8 @@ def test_answer_builds_prompts_with_the_shared_prompt_module(mllm):
         mllm.answer(_frames(), "Which one?", options=["only one"], max_new_tokens=1)  # 2-26 options
 
 
-def test_should_stop_cancels_between_tokens(mllm):
+def test_should_stop_cancels_between_tokens(greedy_numbers):
+    mllm = greedy_numbers
     mllm.eos_ids, saved = [], mllm.eos_ids
     pieces = []
     try:
@@ -141,9 +151,10 @@ def test_predict_geometry_resolution_follows_max_pixels(mllm):
     assert geo["intrinsics"][0, 0, 2] == pytest.approx(112.0) and geo["intrinsics"][0, 1, 2] == pytest.approx(84.0)
 
 
-def test_answer_matches_transformers_generate(mllm):
+def test_answer_matches_transformers_generate(greedy_numbers):
     """The hand-written KV-cache loop gives the same greedy tokens as model.generate, both
     stopping at the same end-of-sequence ids."""
+    mllm = greedy_numbers
     frames = _frames(count=4, seed=5)
     result = mllm.answer(frames, "How many tables?", max_new_tokens=8)
     inputs = mllm.prepare_inputs(frames, "How many tables?\nPlease answer the question using a single word or phrase.")
