@@ -1,11 +1,11 @@
 """Numeric answers chosen by expected relative accuracy under the model's own distribution.
 
 Greedy decoding writes a number one digit token at a time, each the most likely given the ones
-before. That is the mode of a chain of digit choices, not the number the model expects to be
-closest: for "2.3" against "2.8" greedy picks the first digit by its own mass and commits, even
-when the model spreads most of its belief over 2.6-3.1. VSI-Bench scores numbers by mean
-relative accuracy (MRA), and a robot wants the estimate with the smallest expected relative
-error, so `expected_mra` mode enumerates the numbers the model can write (every token path
+before. The result is neither the likeliest number nor the one the model expects to be closest:
+the first digit fixes the scale before any later digit is weighed, and a narrow spike beats a
+broad hill of nearby values. VSI-Bench scores numbers by mean relative accuracy (MRA), and a
+robot wants the estimate with the smallest expected relative error, so `expected_mra` mode
+enumerates the numbers the model can write (every token path
 with probability >= `min_prob`, the `top_k` likeliest tokens at each step) and answers the one
 whose expected MRA over that enumerated distribution is highest. Minimum-Bayes-risk decoding
 with MRA as the utility; the candidates and their weights come from the model alone.
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 NUMERIC_ANSWER_MODES = ("expected_mra", "greedy")
 _NUMBER_PREFIX = re.compile(r"^[-+]?\d*\.?\d*$")  # what a number may look like while being written
 _LONE_PREFIX = re.compile(r"^[-+]?\d*\.?\d*\.?$")  # ... or a lone reply, which may end in a full stop
-
-
 _LONE_NUMBER = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)\.?\s*$")
 
 
@@ -93,9 +91,9 @@ def check_numeric_answers(mode: str) -> str:
 class NumberChoice:
     """The enumerated numbers and the one chosen.
 
-    text: the chosen number as the model writes it (its likeliest path); value: its float; expected_mra: its expected
-    MRA over the enumerated numbers; numeric_mass: the probability those numbers hold together;
-    tokens: the token ids of the likeliest path that writes `value`."""
+    text: the chosen number as the model writes it (its likeliest path); value: its float;
+    expected_mra: its expected MRA over the enumerated numbers; numeric_mass: the probability
+    those numbers hold together; tokens: the token ids of that path."""
 
     text: str
     value: float
@@ -112,11 +110,11 @@ def enumerate_numbers(first_logprobs: torch.Tensor, expand: Callable[[List[Tuple
 
     first_logprobs [V]: log-probs of the reply's first token. expand(prefixes) -> [F, V]
     log-probs of the token after each prefix (all prefixes of one call have the same length).
-    A path ends at a stop token, at a token that cannot continue a number (a space, a letter),
-    or after max_tokens; its number is the first word of its text. Paths below min_prob, paths
+    A path ends at a stop token or at a token that cannot continue a number (a space, a letter);
+    its number is the first word of its text. Paths below min_prob, paths
     still writing digits at max_tokens (their number is unknown) and all but the max_paths
-    likeliest paths of each length are dropped. Returns number -> (probability, tokens of its likeliest path). Raises
-    InterruptedError when should_stop() turns True between depths.
+    likeliest paths of each length are dropped. Returns number -> (probability, tokens of its
+    likeliest path). Raises InterruptedError when should_stop() turns True between depths.
     """
     import torch
 
