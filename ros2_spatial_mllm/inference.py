@@ -245,10 +245,12 @@ class SpatialMLLM:
                max_new_tokens: int = 32, on_token: Optional[Callable[[str], None]] = None,
                should_stop: Optional[Callable[[], bool]] = None, temperature: float = 0.0, top_p: float = 1.0,
                seed: Optional[int] = None) -> QueryResult:
-        """Answer `question` about `frames` (HxWx3 uint8 RGB). Greedy unless temperature > 0.
+        """Answer `question` about `frames` (HxWx3 uint8 RGB). Greedy unless temperature > 0; a
+        greedy reply that is one bare number is then re-chosen by `numeric_answers` (module docstring).
 
-        on_token(piece) gets each new piece of text as it is decoded; should_stop() is polled
-        before the encoders run and between tokens, and True ends generation with cancelled=True.
+        on_token(piece) gets each new piece of text as it is decoded (a lone number's pieces once
+        it has ended); should_stop() is polled before the encoders run, between tokens and between
+        the number search's steps, and True ends generation with cancelled=True.
         Thread-safe: concurrent calls run one after the other (predict_geometry is not blocked)."""
         if not question or not question.strip():
             raise ValueError("empty question")
@@ -309,19 +311,14 @@ class SpatialMLLM:
                     break
                 logits = step(token)
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if numeric and ended and not cancelled and is_lone_number(text):  # not a number cut at the budget
-                if branchable:
-                    session.rewind(prompt_len)
-                else:  # a static cache cannot branch: one eager prefill more, for lone numbers only
-                    logits, session = self._eager_start(model, inputs, fused, max_new_tokens)
-                    first_logits = logits[0]
+            if numeric and ended and is_lone_number(text):  # not a number cut at the budget
                 try:
-                    choice = answer_number(session, first_logits, self.tokenizer.decode, self.eos_ids,
-                                           min(8, max_new_tokens), stop)
+                    choice = self._number_by_expected_mra(model, inputs, fused, max_new_tokens, stop,
+                                                          session if branchable else None, prompt_len, first_logits)
                 except InterruptedError:
                     cancelled = True
-                if choice is not None:
-                    generated, text = list(choice.tokens), choice.text
+            if choice is not None:
+                generated, text = list(choice.tokens), choice.text
             if numeric:  # one piece per token, as greedy streams them
                 emit.finish(token_pieces(self.tokenizer.decode, generated) if choice is not None else None)
             lap("decode")
@@ -352,6 +349,18 @@ class SpatialMLLM:
             return out.logits[:, -1]
 
         return out.logits[:, -1], step, None
+
+    def _number_by_expected_mra(self, model, inputs, fused, max_new_tokens, stop, session, prompt_len, first_logits):
+        """numeric_answer.answer_number from the end of the prompt: the eager `session` rewound, or
+        (static / compiled, session None: a static cache cannot branch) one eager prefill more."""
+        if session is not None:
+            session.rewind(prompt_len)
+        else:
+            if stop():
+                raise InterruptedError("cancelled")
+            logits, session = self._eager_start(model, inputs, fused, max_new_tokens)
+            first_logits = logits[0]
+        return answer_number(session, first_logits, self.tokenizer.decode, self.eos_ids, min(8, max_new_tokens), stop)
 
     def _eager_start(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int):
         """(logits [1, V], DecodeSession) of an eager prefill, whatever the decode mode."""

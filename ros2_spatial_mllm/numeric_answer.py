@@ -149,7 +149,7 @@ def enumerate_numbers(first_logprobs: torch.Tensor, expand: Callable[[List[Tuple
                     add(path, total)
                     continue
                 longer = path + (token,)
-                if not _NUMBER_PREFIX.match(decode(list(longer)).strip()):
+                if not _NUMBER_PREFIX.match(decode(list(longer)).lstrip()):
                     add(path, total)  # the number ended before this token ("3 m", "3\n")
                 elif len(longer) < max_tokens:
                     grown.append((longer, total))

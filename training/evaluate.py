@@ -7,7 +7,7 @@ Tiny CPU run (embedded tiny preset, 2 questions)::
 
 Full form::
 
-    spatial-mllm-eval --model DIR|--preset tiny --data DIR --split test [--num-frames 16]
+    spatial-mllm-eval --model DIR|--preset tiny --data DIR --split test [--num-frames 8]
                       [--sampling space_aware|space_aware_sensor|uniform] [--confidence frame|batch]
                       [--numeric-answers expected_mra|greedy] [--device cpu|cuda] [--limit N] --out DIR
 
@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", choices=["tiny"], help="embedded preset (tiny: the bundled trained default)")
     p.add_argument("--data", required=True, help="dataset directory written by spatial-mllm-data generate")
     p.add_argument("--split", default="test", help="split name: DATA/<split>.jsonl")
-    p.add_argument("--num-frames", type=int, default=16, help="frames per video question")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames per video question (8: what the embedded tiny model was trained on)")
     p.add_argument("--sampling", choices=["space_aware", "space_aware_sensor", "uniform"], default="space_aware",
                    help="frame sampler: space_aware on the model's predicted geometry, space_aware_sensor on the "
                         "scene's depth + poses, or uniform")

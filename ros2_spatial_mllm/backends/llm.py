@@ -114,7 +114,9 @@ class DecodeSession:
 
     def rewind(self, length: int) -> None:
         """Drop every token after the first `length` (eager sessions: DynamicCache.crop)."""
-        if not hasattr(self.cache, "crop"):
+        from transformers import DynamicCache
+
+        if not isinstance(self.cache, DynamicCache):
             raise ValueError("rewind needs an eager decode session (DynamicCache)")
         excess = int(self.cache.get_seq_length()) - int(length)
         if excess > 0:

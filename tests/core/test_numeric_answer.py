@@ -191,6 +191,7 @@ def test_expected_mra_answer_is_the_best_estimate_under_the_models_distribution(
     finally:
         mllm.set_numeric_answers("expected_mra")
     assert is_lone_number(expected.text) and is_lone_number(greedy.text)
+    assert expected.text != greedy.text  # on this clip the search moves the number (27.4 against 20.5 in the benchmark)
     assert "".join(pieces) == expected.text and len(pieces) == expected.num_tokens  # a piece per token
     logits, session = _session(mllm, frames, SIZE_QUESTION)
     numbers = enumerate_numbers(torch.log_softmax(logits[0], -1),
