@@ -126,8 +126,8 @@ class SpatialMLLM:
         options = dict(backend_options or {})
         option_mode = options.pop("decode_mode", None)
         mode = check_decode_mode(decode_mode or option_mode or "eager", device)
-        numeric = check_numeric_answers(numeric_answers or options.pop("numeric_answers", None) or "expected_mra")
-        options.pop("numeric_answers", None)
+        option_numeric = options.pop("numeric_answers", None)
+        numeric = check_numeric_answers(numeric_answers or option_numeric or "expected_mra")
         if model is None:
             if preset != "tiny":
                 raise ValueError(f"preset {preset!r} has no embedded weights: pass model=<local directory>")
@@ -289,7 +289,7 @@ class SpatialMLLM:
             numeric = self._numeric_answers == "expected_mra" and not options and temperature <= 0
             branchable = numeric and self._decoder is None  # eager: the search rewinds this session
             logits, step, session = self._prefill(model, inputs, fused, max_new_tokens, branchable)
-            first_logits, prompt_len = logits[0], session.position if branchable else 0
+            first_logits = logits[0]
             emit = NumberHold(on_token) if numeric else on_token  # a lone number is replaced below
             lap("prefill")
             ended = False  # an end-of-sequence token came within the budget
@@ -314,7 +314,7 @@ class SpatialMLLM:
             if numeric and ended and is_lone_number(text):  # not a number cut at the budget
                 try:
                     choice = self._number_by_expected_mra(model, inputs, fused, max_new_tokens, stop,
-                                                          session if branchable else None, prompt_len, first_logits)
+                                                          session if branchable else None, first_logits)
                 except InterruptedError:
                     cancelled = True
             if choice is not None:
@@ -329,10 +329,12 @@ class SpatialMLLM:
         """Prefill with the fused video tokens [N, hidden] -> (logits [1, V] of the first new
         token, step(token_id) -> logits [1, V] of the next, the DecodeSession or None), by the
         current decode mode; branchable=True (eager mode only) gives an LLMDecoder session."""
-        if branchable or self._decoder is not None:  # static / compiled, or eager to branch: backends/llm.py
-            logits, session = (self._eager_start(model, inputs, fused, max_new_tokens) if branchable else
-                               self._decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"],
-                                                   max_new_tokens, inputs["second_per_grid_ts"]))
+        if branchable and self._eager_decoder is None:
+            self._eager_decoder = LLMDecoder(model)
+        decoder = self._eager_decoder if branchable else self._decoder
+        if decoder is not None:  # static / compiled, or eager to branch: backends/llm.py
+            logits, session = decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"], max_new_tokens,
+                                            inputs["second_per_grid_ts"])
             return logits, session.step, session
         model.model.rope_deltas = None
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
@@ -350,24 +352,17 @@ class SpatialMLLM:
 
         return out.logits[:, -1], step, None
 
-    def _number_by_expected_mra(self, model, inputs, fused, max_new_tokens, stop, session, prompt_len, first_logits):
+    def _number_by_expected_mra(self, model, inputs, fused, max_new_tokens, stop, session, first_logits):
         """numeric_answer.answer_number from the end of the prompt: the eager `session` rewound, or
         (static / compiled, session None: a static cache cannot branch) one eager prefill more."""
         if session is not None:
-            session.rewind(prompt_len)
+            session.rewind(inputs["input_ids"].shape[1])
         else:
             if stop():
                 raise InterruptedError("cancelled")
-            logits, session = self._eager_start(model, inputs, fused, max_new_tokens)
+            logits, _, session = self._prefill(model, inputs, fused, max_new_tokens, branchable=True)
             first_logits = logits[0]
         return answer_number(session, first_logits, self.tokenizer.decode, self.eos_ids, min(8, max_new_tokens), stop)
-
-    def _eager_start(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int):
-        """(logits [1, V], DecodeSession) of an eager prefill, whatever the decode mode."""
-        if self._eager_decoder is None:
-            self._eager_decoder = LLMDecoder(model)
-        return self._eager_decoder.start(inputs["input_ids"], fused, inputs["video_grid_thw"], max_new_tokens,
-                                         inputs["second_per_grid_ts"])
 
     # ---- geometry -------------------------------------------------------------------------
 

@@ -112,12 +112,16 @@ class DecodeSession:
         self.position += 1
         return self.decoder._step(token.to(device), position.view(1, 1, 1).expand(3, 1, 1), self.cache)
 
-    def rewind(self, length: int) -> None:
-        """Drop every token after the first `length` (eager sessions: DynamicCache.crop)."""
+    def _require_dynamic_cache(self, what: str) -> None:
+        """ValueError unless this session's cache is a DynamicCache (eager), which can grow and shrink."""
         from transformers import DynamicCache
 
         if not isinstance(self.cache, DynamicCache):
-            raise ValueError("rewind needs an eager decode session (DynamicCache)")
+            raise ValueError(f"{what} needs an eager decode session (DynamicCache)")
+
+    def rewind(self, length: int) -> None:
+        """Drop every token after the first `length` (eager sessions: DynamicCache.crop)."""
+        self._require_dynamic_cache("rewind")
         excess = int(self.cache.get_seq_length()) - int(length)
         if excess > 0:
             self.cache.crop(-excess)  # negative: remove that many (transformers 4.x and 5.x alike)
@@ -133,8 +137,7 @@ class DecodeSession:
         cache (at least 1, at most 64)."""
         from transformers import DynamicCache
 
-        if not isinstance(self.cache, DynamicCache):
-            raise ValueError("branch_logits needs an eager decode session (DynamicCache)")
+        self._require_dynamic_cache("branch_logits")
         ids = torch.tensor([list(p) for p in prefixes], dtype=torch.long, device=self.decoder.device)  # [F, d]
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError("branch_logits needs one or more non-empty continuations of equal length")

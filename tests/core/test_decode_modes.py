@@ -17,13 +17,6 @@ QUESTION = "How many chair(s) are in this room?"
 
 
 @pytest.fixture(scope="module")
-def mllm():
-    model = SpatialMLLM.load()
-    yield model
-    model.close()
-
-
-@pytest.fixture(scope="module")
 def clip_frames():
     """4 frames of the bundled demo clip (240x320 RGB)."""
     from ros2_spatial_mllm.video import read_frames

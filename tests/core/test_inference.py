@@ -12,13 +12,6 @@ from ros2_spatial_mllm.model.checkpoint import ModelDirError, save_checkpoint
 from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
 
 
-@pytest.fixture(scope="module")
-def mllm():
-    model = SpatialMLLM.load()
-    yield model
-    model.close()
-
-
 def _frames(count=6, height=120, width=160, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]

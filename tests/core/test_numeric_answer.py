@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from ros2_spatial_mllm.backends.llm import LLMDecoder
-from ros2_spatial_mllm.inference import SpatialMLLM
 from ros2_spatial_mllm.numeric_answer import (NumberHold, check_numeric_answers, choose_number, enumerate_numbers,
                                               is_lone_number, mra_table)
 from ros2_spatial_mllm.parsing import mean_relative_accuracy
@@ -141,13 +140,6 @@ def test_number_hold_streams_everything_but_a_lone_number():
 COUNT_QUESTION = "How many chair(s) are in this room?"
 SIZE_QUESTION = "What is the size of this room (in square meters)? If multiple rooms are shown, estimate the " \
                 "size of the combined space."
-
-
-@pytest.fixture(scope="module")
-def mllm():
-    model = SpatialMLLM.load()
-    yield model
-    model.close()
 
 
 @pytest.fixture(scope="module")
