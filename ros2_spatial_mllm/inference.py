@@ -47,7 +47,8 @@ from .backends.llm import DEFAULT_MAX_CACHE_LEN, DECODE_MODES, LLMDecoder, check
 from .model.checkpoint import eos_token_ids, load_checkpoint, load_tokenizer, resolve_model_dir
 from .model.presets import TINY_ASSETS_DIR
 from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
-from .numeric_answer import NumberHold, answer_number, check_numeric_answers, is_lone_number, token_pieces
+from .numeric_answer import (NumberHold, SearchOutOfTime, answer_number, check_numeric_answers, is_lone_number,
+                             token_pieces)
 from .prompts import build_prompt
 from .safety import check_model_dir, enforce_offline, model_identity
 
@@ -61,12 +62,14 @@ VIDEO_PAD = "<|video_pad|>"
 @dataclass
 class QueryResult:
     """Answer of one query. timings_ms keys: preprocess, spatial_encoder, vision_encoder,
-    connector, prefill, decode, total (milliseconds)."""
+    connector, prefill, decode, total (milliseconds). notes: what the caller should know about
+    how the text was chosen (e.g. the number search gave way to its deadline)."""
 
     text: str
     num_tokens: int
     cancelled: bool
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
 
 
 def parse_dtype(dtype, device: str) -> torch.dtype:
@@ -244,9 +247,11 @@ class SpatialMLLM:
     def answer(self, frames: Sequence[np.ndarray], question: str, options: Optional[Sequence[str]] = None,
                max_new_tokens: int = 32, on_token: Optional[Callable[[str], None]] = None,
                should_stop: Optional[Callable[[], bool]] = None, temperature: float = 0.0, top_p: float = 1.0,
-               seed: Optional[int] = None) -> QueryResult:
+               seed: Optional[int] = None, search_deadline: Optional[float] = None) -> QueryResult:
         """Answer `question` about `frames` (HxWx3 uint8 RGB). Greedy unless temperature > 0; a
         greedy reply that is one bare number is then re-chosen by `numeric_answers` (module docstring).
+        search_deadline (time.monotonic() seconds): the number search does not start a step it
+        would finish past it; the greedy number is answered instead, with a note in result.notes.
 
         on_token(piece) gets each new piece of text as it is decoded (a lone number's pieces once
         it has ended); should_stop() is polled before the encoders run, between tokens and between
@@ -256,10 +261,10 @@ class SpatialMLLM:
             raise ValueError("empty question")
         with self._answer_lock:
             return self._answer(frames, question, options, max_new_tokens, on_token, should_stop, temperature,
-                                top_p, seed)
+                                top_p, seed, search_deadline)
 
     def _answer(self, frames, question, options, max_new_tokens, on_token, should_stop, temperature, top_p,
-                seed) -> QueryResult:
+                seed, search_deadline) -> QueryResult:
         model = self._require_model()
         timings = {key: 0.0 for key in TIMING_KEYS}
         start = _now = time.perf_counter()
@@ -276,7 +281,7 @@ class SpatialMLLM:
         stop = should_stop or (lambda: False)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         generated: List[int] = []
-        text, cancelled, choice = "", False, None
+        text, cancelled, choice, notes = "", False, None, []
         if stop():
             cancelled = True
         else:
@@ -292,6 +297,7 @@ class SpatialMLLM:
             first_logits = logits[0]
             emit = NumberHold(on_token) if numeric else on_token  # a lone number is replaced below
             lap("prefill")
+            decode_start = time.perf_counter()
             ended = False  # an end-of-sequence token came within the budget
             while len(generated) < max_new_tokens:
                 token = _pick(logits[0].float(), temperature, top_p, generator)
@@ -312,18 +318,22 @@ class SpatialMLLM:
                 logits = step(token)
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
             if numeric and ended and is_lone_number(text):  # not a number cut at the budget
+                step_s = (time.perf_counter() - decode_start) / (len(generated) + 1)  # one greedy token
                 try:
                     choice = self._number_by_expected_mra(model, inputs, fused, max_new_tokens, stop,
-                                                          session if branchable else None, first_logits)
+                                                          session if branchable else None, first_logits,
+                                                          search_deadline, step_s, timings["prefill"] / 1e3)
                 except InterruptedError:
                     cancelled = True
+                except SearchOutOfTime as why:
+                    notes.append(f"number search stopped at its deadline ({why}): greedy number answered")
             if choice is not None:
                 generated, text = list(choice.tokens), choice.text
             if numeric:  # one piece per token, as greedy streams them
                 emit.finish(token_pieces(self.tokenizer.decode, generated) if choice is not None else None)
             lap("decode")
         timings["total"] = (time.perf_counter() - start) * 1000.0
-        return QueryResult(text=text, num_tokens=len(generated), cancelled=cancelled, timings_ms=timings)
+        return QueryResult(text=text, num_tokens=len(generated), cancelled=cancelled, timings_ms=timings, notes=notes)
 
     def _prefill(self, model, inputs: dict, fused: torch.Tensor, max_new_tokens: int, branchable: bool = False):
         """Prefill with the fused video tokens [N, hidden] -> (logits [1, V] of the first new
@@ -352,17 +362,23 @@ class SpatialMLLM:
 
         return out.logits[:, -1], step, None
 
-    def _number_by_expected_mra(self, model, inputs, fused, max_new_tokens, stop, session, first_logits):
+    def _number_by_expected_mra(self, model, inputs, fused, max_new_tokens, stop, session, first_logits,
+                                deadline, step_s, prefill_s):
         """numeric_answer.answer_number from the end of the prompt: the eager `session` rewound, or
-        (static / compiled, session None: a static cache cannot branch) one eager prefill more."""
+        (static / compiled, session None: a static cache cannot branch) one eager prefill more.
+        step_s / prefill_s: one greedy token's and the prefill's seconds, the first cost estimates
+        against `deadline` (SearchOutOfTime)."""
         if session is not None:
             session.rewind(inputs["input_ids"].shape[1])
         else:
             if stop():
                 raise InterruptedError("cancelled")
+            if deadline is not None and time.monotonic() + prefill_s > deadline:
+                raise SearchOutOfTime(f"no time for the eager prefill ({prefill_s:.3f} s)")
             logits, _, session = self._prefill(model, inputs, fused, max_new_tokens, branchable=True)
             first_logits = logits[0]
-        return answer_number(session, first_logits, self.tokenizer.decode, self.eos_ids, min(8, max_new_tokens), stop)
+        return answer_number(session, first_logits, self.tokenizer.decode, self.eos_ids, min(8, max_new_tokens), stop,
+                             deadline=deadline, row_cost_s=step_s)
 
     # ---- geometry -------------------------------------------------------------------------
 

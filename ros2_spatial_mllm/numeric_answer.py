@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ros2_spatial_mllm.parsing import first_word
 
-__all__ = ["NUMERIC_ANSWER_MODES", "NumberChoice", "NumberHold", "answer_number", "check_numeric_answers",
-           "choose_number", "enumerate_numbers", "is_lone_number", "mra_table", "token_pieces"]
+__all__ = ["NUMERIC_ANSWER_MODES", "NumberChoice", "NumberHold", "SearchOutOfTime", "answer_number",
+           "check_numeric_answers", "choose_number", "enumerate_numbers", "is_lone_number", "mra_table", "token_pieces"]
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,10 @@ NUMERIC_ANSWER_MODES = ("expected_mra", "greedy")
 _NUMBER_PREFIX = re.compile(r"^[-+]?\d*\.?\d*$")  # what a number may look like while being written
 _LONE_PREFIX = re.compile(r"^[-+]?\d*\.?\d*\.?$")  # ... or a lone reply, which may end in a full stop
 _LONE_NUMBER = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)\.?\s*$")
+
+
+class SearchOutOfTime(Exception):
+    """The number search would run past its deadline: the caller keeps the greedy reply."""
 
 
 def is_lone_number(text: str) -> bool:
@@ -105,7 +110,8 @@ class NumberChoice:
 def enumerate_numbers(first_logprobs: torch.Tensor, expand: Callable[[List[Tuple[int, ...]]], torch.Tensor],
                       decode: Callable[[Sequence[int]], str], stop_ids: Sequence[int], min_prob: float = 1e-3,
                       top_k: int = 10, max_tokens: int = 8, max_paths: int = 256,
-                      should_stop: Optional[Callable[[], bool]] = None) -> Dict[float, Tuple[float, Tuple[int, ...]]]:
+                      should_stop: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None,
+                      row_cost_s: float = 0.0) -> Dict[float, Tuple[float, Tuple[int, ...]]]:
     """Breadth-first walk of the replies that start with a number.
 
     first_logprobs [V]: log-probs of the reply's first token. expand(prefixes) -> [F, V]
@@ -115,6 +121,10 @@ def enumerate_numbers(first_logprobs: torch.Tensor, expand: Callable[[List[Tuple
     still writing digits at max_tokens (their number is unknown) and all but the max_paths
     likeliest paths of each length are dropped. Returns number -> (probability, tokens of its
     likeliest path). Raises InterruptedError when should_stop() turns True between depths.
+
+    deadline (time.monotonic() seconds): before each expand the walk estimates its cost as the
+    frontier's rows times the last measured cost per row (row_cost_s before the first) and raises
+    SearchOutOfTime when it would end past the deadline, so the caller can still answer in time.
     """
     import torch
 
@@ -158,7 +168,11 @@ def enumerate_numbers(first_logprobs: torch.Tensor, expand: Callable[[List[Tuple
         if should_stop is not None and should_stop():
             raise InterruptedError("cancelled")
         frontier = sorted(grown, key=lambda item: -item[1])[:max_paths]
+        began = time.monotonic()
+        if deadline is not None and began + row_cost_s * len(frontier) > deadline:
+            raise SearchOutOfTime(f"{len(frontier)} paths to expand, {max(0.0, deadline - began):.3f} s left")
         logprobs = expand([path for path, _ in frontier])
+        row_cost_s = (time.monotonic() - began) / len(frontier)
     return {value: (mass, path) for value, (mass, path, _) in found.items()}
 
 
@@ -199,15 +213,17 @@ def choose_number(numbers: Dict[float, Tuple[float, Tuple[int, ...]]],
 
 def answer_number(session, first_logits: torch.Tensor, decode: Callable[[Sequence[int]], str],
                   stop_ids: Sequence[int], max_tokens: int = 8,
-                  should_stop: Optional[Callable[[], bool]] = None) -> Optional[NumberChoice]:
+                  should_stop: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None,
+                  row_cost_s: float = 0.0) -> Optional[NumberChoice]:
     """expected_mra answer for an eager decode session (backends.llm.DecodeSession) standing at
     the end of the prompt, whose first token's logits [V] are `first_logits`, once the caller has
     seen that the greedy reply is a lone number. None when no number was enumerated.
-    InterruptedError when should_stop() fires."""
+    InterruptedError when should_stop() fires; SearchOutOfTime before a step that would pass
+    `deadline` (enumerate_numbers)."""
     import torch
 
     numbers = enumerate_numbers(
         torch.log_softmax(first_logits.float(), -1),
         lambda prefixes: torch.log_softmax(session.branch_logits(prefixes).float(), -1),
-        decode, stop_ids, max_tokens=max_tokens, should_stop=should_stop)
+        decode, stop_ids, max_tokens=max_tokens, should_stop=should_stop, deadline=deadline, row_cost_s=row_cost_s)
     return choose_number(numbers, decode)

@@ -7,7 +7,9 @@ frame selection (space-aware from the geometry worker's cached voxels, uniform, 
 Concurrency: a single runner thread executes queries in FIFO order; at most
 ``EngineConfig.max_waiting`` queries wait behind the running one, more are answered BUSY at
 once. Each query has a deadline (submit time + timeout) covering queue wait and inference; a
-query past its deadline answers TIMEOUT (the model is asked to stop at its next token).
+query past its deadline answers TIMEOUT (the model is asked to stop at its next token). The
+number search of ``numeric_answers: expected_mra`` ends ``SEARCH_MARGIN_S`` before the deadline:
+a query whose greedy number is already written answers it (with a note) rather than TIMEOUT.
 ``QueryHandle.cancel()`` answers CANCELLED at once and stops the model at its next token.
 The model's own lock (``model_lock``) is shared with the geometry worker so that both never
 run the network concurrently.
@@ -141,6 +143,7 @@ class QueryHandle:
 
 
 MIN_RETRY_FRAMES = 2
+SEARCH_MARGIN_S = 0.1  # kept free after the number search for parsing and the reply
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -391,7 +394,8 @@ class QueryEngine:
                 try:
                     result = model.answer([np.ascontiguousarray(f.rgb) for f in picked], request.question,
                                           list(request.options) or None, max_new_tokens=request.max_new_tokens,
-                                          on_token=on_token, should_stop=handle.should_stop)
+                                          on_token=on_token, should_stop=handle.should_stop,
+                                          search_deadline=handle.deadline - SEARCH_MARGIN_S)
                     break
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
                     if not is_out_of_memory(exc):
@@ -418,6 +422,7 @@ class QueryEngine:
         notes = [] if used == request.sampling else [f"sampling fell back to {used}: geometry not ready"]
         if retried:
             notes.append(f"out of memory: answered from {retried} of {len(chosen)} frames")
+        notes.extend(getattr(result, "notes", []))
         note = "; ".join(notes)
         response = QueryResponse(ErrorCode.OK, note, parsed.text, parsed, [f.stamp_ns for f in picked],
                                  coverage, int(getattr(result, "num_tokens", len(tokens))),

@@ -5,14 +5,15 @@ greedy text is kept where the reply is not a lone number, streaming and cancel).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from ros2_spatial_mllm.backends.llm import LLMDecoder
-from ros2_spatial_mllm.numeric_answer import (NumberHold, check_numeric_answers, choose_number, enumerate_numbers,
-                                              is_lone_number, mra_table)
+from ros2_spatial_mllm.numeric_answer import (NumberHold, SearchOutOfTime, check_numeric_answers, choose_number,
+                                              enumerate_numbers, is_lone_number, mra_table)
 from ros2_spatial_mllm.parsing import mean_relative_accuracy
 from ros2_spatial_mllm.prompts import build_prompt
 
@@ -74,6 +75,28 @@ def test_enumerate_numbers_limits_and_cancel():
     with pytest.raises(InterruptedError):
         _enumerate(TABLE, should_stop=lambda: calls.append(1) or True)
     assert calls == [1]
+
+
+def test_enumerate_numbers_stops_before_a_step_that_would_pass_its_deadline():
+    long_number = {"": {"1": 1.0}, "1": {"1": 1.0}, "11": {"1": 1.0}, "111": {"<eos>": 1.0}}
+    model, calls = _table_model(long_number), []
+
+    def slow_expand(prefixes):  # 50 ms per step, one row each
+        calls.append(len(prefixes))
+        time.sleep(0.05)
+        return torch.stack([model(p) for p in prefixes])
+
+    def walk(deadline, row_cost_s=0.0):
+        calls.clear()
+        return enumerate_numbers(model(()), slow_expand, _decode, [EOS], deadline=deadline, row_cost_s=row_cost_s)
+
+    assert list(walk(time.monotonic() + 5.0)) == [111.0] and calls == [1, 1, 1]
+    with pytest.raises(SearchOutOfTime):  # the first step fits (no estimate yet), the second would not
+        walk(time.monotonic() + 0.075)
+    assert calls == [1]
+    with pytest.raises(SearchOutOfTime):  # a first estimate of 1 s per row stops it before any step
+        walk(time.monotonic() + 0.5, row_cost_s=1.0)
+    assert calls == []
 
 
 def test_choose_number_maximises_expected_mra_not_probability():
@@ -247,3 +270,23 @@ def test_cancel_during_the_number_search(mllm, frames):
     cancelled, _ = polls("expected_mra", limit=greedy_polls)  # stop at the search's first poll
     assert cancelled.cancelled
     assert mllm.answer(frames, SIZE_QUESTION).text == full.text  # the engine still answers, the same
+
+
+@pytest.mark.parametrize("decode_mode", ["eager", "static"])
+def test_number_search_past_its_deadline_answers_the_greedy_number(mllm, frames, decode_mode):
+    mllm.set_numeric_answers("greedy")
+    try:
+        greedy = mllm.answer(frames, SIZE_QUESTION)
+    finally:
+        mllm.set_numeric_answers("expected_mra")
+    mllm.set_decode_mode(decode_mode)
+    try:
+        pieces = []
+        late = mllm.answer(frames, SIZE_QUESTION, on_token=pieces.append, search_deadline=time.monotonic())
+        in_time = mllm.answer(frames, SIZE_QUESTION, search_deadline=time.monotonic() + 60.0)
+    finally:
+        mllm.set_decode_mode("eager")
+    assert is_lone_number(greedy.text) and not late.cancelled
+    assert late.text == greedy.text and "".join(pieces) == greedy.text  # the held pieces are released
+    assert len(late.notes) == 1 and "deadline" in late.notes[0]
+    assert in_time.text != greedy.text and in_time.notes == []  # with time, the search answers (see above)

@@ -321,3 +321,42 @@ def test_out_of_memory_retries_with_fewer_frames_then_errors(model, scene_frames
         assert out.frame_stamps_ns == sorted(out.frame_stamps_ns)
     else:
         assert "out of memory with 2 frame(s)" in out.message
+
+
+class _DeadlineAtOnceModel:
+    """The real tiny model, told that the number search's deadline has already come (what a slow
+    accelerator meets near a short timeout); records the deadline the engine gave."""
+
+    def __init__(self, model):
+        self.model, self.deadlines = model, []
+
+    def answer(self, frames, *args, search_deadline=None, **kwargs):
+        self.deadlines.append(search_deadline)
+        return self.model.answer(frames, *args, search_deadline=time.monotonic(), **kwargs)
+
+    def predict_geometry(self, *args, **kwargs):
+        return self.model.predict_geometry(*args, **kwargs)
+
+
+def test_a_number_search_cut_by_the_deadline_answers_the_greedy_number(model, scene_frames):
+    buf = FrameBuffer(max_frames=64)
+    for frame in scene_frames:
+        buf.add(frame)
+    eng = QueryEngine(buf, EngineConfig(num_frames=8, timeout_s=20.0))
+    request = QueryRequest("What is the size of this room (in square meters)?", sampling="uniform")
+    try:
+        model.set_numeric_answers("greedy")
+        eng.attach_model(model)
+        greedy = eng.ask(request)
+        model.set_numeric_answers("expected_mra")
+        eng.attach_model(_DeadlineAtOnceModel(model))
+        start = time.monotonic()
+        late = eng.ask(request)
+        deadline = eng.model.deadlines[0]
+    finally:
+        model.set_numeric_answers("expected_mra")
+        eng.shutdown(close_model=False)
+    assert greedy.code == ErrorCode.OK and greedy.parsed.kind == "number", greedy
+    assert late.code == ErrorCode.OK and late.answer == greedy.answer
+    assert "number search stopped at its deadline" in late.message
+    assert start + 19.0 < deadline < start + 20.0  # the query's deadline less the margin
