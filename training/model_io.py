@@ -33,7 +33,9 @@ def build_model(model_cfg: dict):
     encoders, applied only where the checkpoint's LLM differs; model.llm_grow_to: D, a trained
     LLM (checkpoint or assets) of fewer layers grown to D, every trained weight kept (grow_llm;
     a checkpoint already D deep is kept as it is, so later stages of a run do not grow it
-    again, and llm_overrides is not applied to it); model.spatial_overrides:
+    again, and llm_overrides is not applied to it); model.fresh_llm: true gives a checkpoint's
+    trained encoders a fresh, seeded LLM + connector even where its LLM already has the
+    llm_overrides sizes (rerun the language stages on shipped encoders); model.spatial_overrides:
     VGGTConfig.tiny fields (e.g. {embed_dim: 128}) of a randomly initialised tiny preset."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR, tiny_config
@@ -49,7 +51,8 @@ def build_model(model_cfg: dict):
         if model_cfg.get("llm_grow_to") is not None:
             return _grown_to(model, model_cfg), Path(assets or init)
         overrides = dict(model_cfg.get("llm_overrides") or {})
-        if any(getattr(model.config.text_config, k, None) != v for k, v in overrides.items()):
+        fresh = bool(model_cfg.get("fresh_llm", False))
+        if fresh or any(getattr(model.config.text_config, k, None) != v for k, v in overrides.items()):
             # only a checkpoint of another LLM size is resized (a later stage of the same run
             # keeps the LLM it was handed)
             model = _resize_llm(model, overrides, int(model_cfg.get("seed", 0)))

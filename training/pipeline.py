@@ -39,7 +39,10 @@ def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
                                        "eval")},
                         {"output_dir": str(out / name), name: cfg.get(name, {})})
     if init is not None:
-        stage["model"] = {**stage.get("model", {}), "init": init}
+        model = {**stage.get("model", {}), "init": init}
+        if init != cfg.get("model", {}).get("init", "random"):
+            model.pop("fresh_llm", None)  # only the run's first stage starts the LLM afresh
+        stage["model"] = model
     return stage
 
 

@@ -69,3 +69,27 @@ def test_shipped_model_has_an_encoder_fingerprint():
     with torch.no_grad():
         scalar.add_(1e-3)
     assert encoder_fingerprint(model) != before and state_dict_hash(model) != whole
+
+
+def test_fresh_llm_on_shipped_encoders_only_in_the_first_stage(tmp_path):
+    """model.fresh_llm reruns the language stages on trained encoders: the 2D tower and the
+    spatial encoder stay bit-equal, connector and LLM are the seeded fresh ones, and the stages
+    after the first keep what the first trained."""
+    from ros2_spatial_mllm.model.checkpoint import load_checkpoint
+    from training.pipeline import _stage_cfg
+
+    shipped = load_checkpoint(TINY_ASSETS_DIR)[0].state_dict()
+    fresh, _ = build_model({"init": str(TINY_ASSETS_DIR), "fresh_llm": True, "llm_overrides": {"num_hidden_layers": 4}})
+    again, _ = build_model({"init": str(TINY_ASSETS_DIR), "fresh_llm": True, "llm_overrides": {"num_hidden_layers": 4}})
+    state = fresh.state_dict()
+    assert set(state) == set(shipped) and fresh.config.text_config.num_hidden_layers == 4
+    for name, tensor in state.items():
+        if name.startswith(("model.visual.", "spatial_encoder.")):
+            assert torch.equal(tensor, shipped[name]), name
+        assert torch.equal(tensor, again.state_dict()[name]), name  # seeded
+    changed = [n for n in state if n.startswith(("model.language_model.", "connector.")) and
+               state[n].dtype.is_floating_point and not torch.equal(state[n], shipped[n])]
+    assert any(n.startswith("connector.") for n in changed) and any("layers.3." in n for n in changed)
+    cfg = {"model": {"init": str(TINY_ASSETS_DIR), "fresh_llm": True}, "align": {}, "cached_sft": {}}
+    assert _stage_cfg(cfg, "align", tmp_path, str(TINY_ASSETS_DIR))["model"]["fresh_llm"] is True
+    assert "fresh_llm" not in _stage_cfg(cfg, "cached_sft", tmp_path, str(tmp_path / "align" / "final"))["model"]
