@@ -53,8 +53,8 @@ def build_model(model_cfg: dict):
         overrides = dict(model_cfg.get("llm_overrides") or {})
         fresh = bool(model_cfg.get("fresh_llm", False))
         if fresh or any(getattr(model.config.text_config, k, None) != v for k, v in overrides.items()):
-            # only a checkpoint of another LLM size is resized (a later stage of the same run
-            # keeps the LLM it was handed)
+            # only a checkpoint of another LLM size, or one asked for a fresh LLM, is resized (a
+            # later stage of the same run keeps the LLM it was handed: pipeline._stage_cfg)
             model = _resize_llm(model, overrides, int(model_cfg.get("seed", 0)))
         return model, Path(assets or init)
     if assets is None:
