@@ -287,12 +287,31 @@ def pair_poses_to_extrinsics(pair_pose: Array) -> Array:
     return _back(extrinsics, was_numpy, pair_pose)
 
 
+def frame_geometry_from_prediction(pred: dict, image_hw: ImageHW) -> dict:
+    """The spatial encoder's predict_geometry output for one clip (batch 1: depth [1, S, h, w, 1],
+    depth_conf [1, S, h, w], pose_enc [1, S, 9], optional pair_pose [1, S-1, 6]) -> numpy float32
+    dict: depth [S, h, w], depth_conf [S, h, w], extrinsics [S, 3, 4] camera-from-world with the
+    first camera as world, intrinsics [S, 3, 3] in pixels of image_hw = (h, w). With a pair-pose
+    head the extrinsics chain its consecutive-frame poses; the camera head gives the intrinsics."""
+    extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pred["pose_enc"].float(), image_hw)
+    extrinsics = relative_to_first_camera(extrinsics[0])
+    if "pair_pose" in pred:  # [S-1, 6] consecutive relative poses -> [S, 3, 4], camera 0 = identity
+        extrinsics = pair_poses_to_extrinsics(pred["pair_pose"][0].double()).float()
+
+    def numpy32(x: torch.Tensor) -> np.ndarray:
+        return x.float().cpu().numpy().astype(np.float32)
+
+    return dict(depth=numpy32(pred["depth"][0, ..., 0]), depth_conf=numpy32(pred["depth_conf"][0]),
+                extrinsics=numpy32(extrinsics), intrinsics=numpy32(intrinsics[0]))
+
+
 __all__ = [
     "interpolate_pose",
     "camera_from_world",
     "depth_to_camera_points",
     "depth_to_world_points",
     "extrinsics_intrinsics_to_pose_encoding",
+    "frame_geometry_from_prediction",
     "invert_extrinsics",
     "matrix_to_quaternion",
     "matrix_to_rotation_vector",

@@ -44,9 +44,10 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .backends.llm import DEFAULT_MAX_CACHE_LEN, DECODE_MODES, LLMDecoder, check_decode_mode
+from .geometry import frame_geometry_from_prediction
 from .model.checkpoint import eos_token_ids, load_checkpoint, load_tokenizer, resolve_model_dir
 from .model.presets import TINY_ASSETS_DIR
-from .model.processing import VideoProcessingConfig, patchify_video, resize_frames
+from .model.processing import VideoProcessingConfig, resize_frames, video_chat_inputs
 from .numeric_answer import (NumberHold, SearchOutOfTime, answer_number, check_numeric_answers, is_lone_number,
                              token_pieces)
 from .prompts import build_prompt
@@ -56,7 +57,6 @@ __all__ = ["DECODE_MODES", "QueryResult", "SpatialMLLM", "parse_dtype"]
 
 LOG = logging.getLogger(__name__)
 TIMING_KEYS = ("preprocess", "spatial_encoder", "vision_encoder", "connector", "prefill", "decode", "total")
-VIDEO_PAD = "<|video_pad|>"
 
 
 @dataclass
@@ -210,36 +210,14 @@ class SpatialMLLM:
     # ---- preprocessing --------------------------------------------------------------------
 
     def prepare_inputs(self, frames: Sequence[np.ndarray], prompt: str) -> dict:
-        """Frames + user prompt -> tensors on the model device:
-        input_ids/attention_mask/mm_token_type_ids [1, L], pixel_values_videos [t*gh*gw, 3*2*14*14],
-        video_grid_thw [1, 3], second_per_grid_ts [1], spatial_pixel_values [1, S, 3, H, W] in [0, 1]."""
-        if len(frames) == 0:
-            raise ValueError("no frames given")
-        resized = resize_frames(frames, self.processing)  # [S, 3, H, W]
-        pixel_values, grid_thw = patchify_video(resized, self.processing)
-        t, gh, gw = grid_thw[0].tolist()
-        num_video_tokens = t * gh * gw // self.processing.merge_size**2
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if text.count(VIDEO_PAD) != 1:
-            raise ValueError("chat template must render exactly one <|video_pad|> for the video")
-        text = text.replace(VIDEO_PAD, VIDEO_PAD * num_video_tokens)
-        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
-        video_id = self.model.config.video_token_id
-        mm_types = (ids == video_id).to(torch.int32) * 2
-        if int(mm_types.sum()) != 2 * num_video_tokens:
-            raise ValueError("the prompt itself contains video placeholder tokens")
+        """Frames + user prompt -> tensors on the model device, pixels in the model's dtype
+        (model.processing.video_chat_inputs gives the keys and shapes)."""
+        inputs = video_chat_inputs(self.tokenizer, self.processing, self.model.config.video_token_id, frames, prompt,
+                                   self.fps)
         dtype = next(self.model.parameters()).dtype
-        dev = self.device
-        return dict(
-            input_ids=ids.to(dev),
-            attention_mask=torch.ones_like(ids).to(dev),
-            mm_token_type_ids=mm_types.to(dev),
-            pixel_values_videos=pixel_values.to(dev, dtype),
-            video_grid_thw=grid_thw.to(dev),
-            second_per_grid_ts=torch.tensor([self.processing.temporal_patch_size / self.fps], device=dev),
-            spatial_pixel_values=resized[None].to(dev, dtype),
-        )
+        pixels = ("pixel_values_videos", "spatial_pixel_values")
+        return {key: value.to(self.device, dtype) if key in pixels else value.to(self.device)
+                for key, value in inputs.items()}
 
     # ---- answering ------------------------------------------------------------------------
 
@@ -397,8 +375,6 @@ class SpatialMLLM:
         the same rule with `max_pixels` instead of the processor's limit. With a pair-pose head
         (the trained tiny preset) the extrinsics chain its consecutive-frame poses, and the camera
         head supplies only the intrinsics (`camera_source` says which)."""
-        from .geometry import pair_poses_to_extrinsics, pose_encoding_to_extrinsics_intrinsics, relative_to_first_camera
-
         model = self._require_model()
         processing = self.processing
         if max_pixels is not None:
@@ -407,17 +383,7 @@ class SpatialMLLM:
         resized = resize_frames(frames, processing)  # [N, 3, h, w]
         dtype = next(model.spatial_encoder.parameters()).dtype
         pred = model.spatial_encoder.predict_geometry(resized[None].to(self.device, dtype))
-        height, width = resized.shape[-2:]
-        extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pred["pose_enc"].float(), (height, width))
-        extrinsics = relative_to_first_camera(extrinsics[0])
-        if "pair_pose" in pred:  # [S-1, 6] consecutive relative poses -> [S, 3, 4], camera 0 = identity
-            extrinsics = pair_poses_to_extrinsics(pred["pair_pose"][0].double()).float()
-        return dict(
-            depth=pred["depth"][0, ..., 0].float().cpu().numpy().astype(np.float32),
-            depth_conf=pred["depth_conf"][0].float().cpu().numpy().astype(np.float32),
-            extrinsics=extrinsics.float().cpu().numpy().astype(np.float32),
-            intrinsics=intrinsics[0].float().cpu().numpy().astype(np.float32),
-        )
+        return frame_geometry_from_prediction(pred, tuple(resized.shape[-2:]))
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:

@@ -25,12 +25,13 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
-from ros2_spatial_mllm.buffer import Frame, FrameBuffer
+from ros2_spatial_mllm.buffer import FrameBuffer
 from ros2_spatial_mllm.parsing import parse_answer
+from ros2_spatial_mllm.sampling.window import select_frames  # re-exported: callers import it from here
 from ros2_spatial_mllm.query_types import (  # re-exported: callers import them from here
     LATENCY_KEYS, MODEL_TIMING_KEYS, SAMPLING_MODES, EngineConfig, ErrorCode, ModelState, QueryRequest,
     QueryResponse, error_response, validate_request,
@@ -40,48 +41,6 @@ __all__ = ["ErrorCode", "ModelState", "SAMPLING_MODES", "LATENCY_KEYS", "MODEL_T
            "QueryResponse", "EngineConfig", "QueryHandle", "QueryEngine", "select_frames",
            "validate_request", "error_response"]
 log = logging.getLogger(__name__)
-
-
-_error = error_response                # old private names, kept for callers of the previous layout
-_MODEL_TIMING_KEYS = MODEL_TIMING_KEYS
-
-
-def select_frames(frames: Sequence[Frame], k: int, mode: str, voxel_sets: Sequence[Any] | None = None,
-                  max_candidates: int = 128,
-                  index_select: Callable[[list[int], int], Any] | None = None) -> tuple[list[int], float, str]:
-    """Choose up to ``k`` of ``frames`` (time-sorted): (indices ascending, coverage, mode used).
-
-    space_aware needs one voxel set per frame (None where geometry is missing): candidates are
-    up to ``max_candidates`` frames by linspace, restricted to those with geometry; when fewer
-    than ``k`` candidates have geometry it falls back to uniform ("uniform_fallback").
-    ``index_select(candidate stamps_ns, k)`` (``GeometryWorker.select_space_aware``: a cached
-    ``VoxelIndex``) is tried first; when it returns None the stateless ``space_aware_sample``
-    runs on ``voxel_sets`` (same picks, slower).
-    Coverage for uniform/latest is the fraction of frames used (1.0 when all are used).
-    """
-    n = len(frames)
-    k = min(k, n)
-    if mode == "latest":
-        return list(range(n - k, n)), k / n, "latest"
-    if mode == "space_aware" and voxel_sets is not None:
-        cand = np.unique(np.linspace(0, n - 1, min(n, max_candidates)).round().astype(int)).tolist()
-        cand = [i for i in cand if voxel_sets[i] is not None]
-        if len(cand) >= k:
-            result = index_select([frames[i].stamp_ns for i in cand], k) if index_select else None
-            if result is None:
-                from ros2_spatial_mllm.sampling import space_aware_sample
-                result = space_aware_sample([voxel_sets[i] for i in cand], k,
-                                            timestamps=[frames[i].stamp_ns * 1e-9 for i in cand])
-            chosen = sorted(cand[int(i)] for i in result.indices)
-            coverage = float(result.coverage) if result.coverage is not None else len(chosen) / n
-            return chosen, coverage, "space_aware"
-        mode = "uniform_fallback"
-    try:
-        from ros2_spatial_mllm.sampling import uniform_sample
-        chosen = sorted(int(i) for i in uniform_sample(n, k))
-    except ImportError:  # sampling package not available: plain linspace
-        chosen = np.unique(np.linspace(0, n - 1, k).round().astype(int)).tolist()
-    return chosen, len(chosen) / n, "uniform" if mode == "uniform" else mode
 
 
 class QueryHandle:
@@ -118,7 +77,7 @@ class QueryHandle:
         """Cancel; the response becomes CANCELLED unless the query already finished."""
         self.cancel_requested = True
         self.engine._discard(self)
-        return self._finish(_error(ErrorCode.CANCELLED, "query cancelled"))
+        return self._finish(error_response(ErrorCode.CANCELLED, "query cancelled"))
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -131,7 +90,8 @@ class QueryHandle:
             return self._response if self._done.wait(timeout) else None
         if not self._done.wait(wait):
             self.engine._discard(self)
-            self._finish(_error(ErrorCode.TIMEOUT, f"query exceeded its timeout of {self.request.timeout_s:g} s"))
+            self._finish(error_response(ErrorCode.TIMEOUT,
+                                        f"query exceeded its timeout of {self.request.timeout_s:g} s"))
         return self._response
 
     def _stage(self, stage: str) -> None:
@@ -273,7 +233,7 @@ class QueryEngine:
             self._waiting.clear()
         for handle in handles:
             handle.cancel_requested = True
-            handle._finish(_error(ErrorCode.CANCELLED, why))
+            handle._finish(error_response(ErrorCode.CANCELLED, why))
 
     # ------------------------------------------------------------------ queries
     def submit(self, request: QueryRequest, on_token: Callable[[str], None] | None = None,
@@ -289,7 +249,7 @@ class QueryEngine:
         if isinstance(checked, QueryResponse):
             handle._finish(checked)
         elif self._state != ModelState.READY or self._closed:
-            handle._finish(_error(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}"
+            handle._finish(error_response(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}"
                                   + (f" ({self._state_error})" if self._state_error else "")))
         else:
             with self._cv:
@@ -298,7 +258,8 @@ class QueryEngine:
                     self._waiting.append(handle)
                     self._cv.notify()
             if busy:
-                handle._finish(_error(ErrorCode.BUSY, f"query queue is full ({self.config.max_waiting} waiting)"))
+                handle._finish(error_response(ErrorCode.BUSY,
+                                              f"query queue is full ({self.config.max_waiting} waiting)"))
             else:
                 handle._stage("queued")
         return handle
@@ -341,10 +302,10 @@ class QueryEngine:
                     response = self._execute(handle)
                     handle._finish(response)
                 elif time.monotonic() > handle.deadline:
-                    handle._finish(_error(ErrorCode.TIMEOUT, "query timed out while queued"))
+                    handle._finish(error_response(ErrorCode.TIMEOUT, "query timed out while queued"))
             except Exception as exc:  # never let one query kill the runner
                 log.error("query %d failed: %s", handle.request_id, traceback.format_exc())
-                handle._finish(_error(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
+                handle._finish(error_response(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
             finally:
                 with self._cv:
                     self._running = None
@@ -358,11 +319,11 @@ class QueryEngine:
         latency["queue_ms"] = (t_start - handle.submitted) * 1e3
         handle._stage("sampling")
         if len(self.buffer) == 0:
-            return _error(ErrorCode.NO_FRAMES, "no frames buffered yet (is the camera topic publishing?)")
+            return error_response(ErrorCode.NO_FRAMES, "no frames buffered yet (is the camera topic publishing?)")
         frames = self.buffer.window(request.t_start_ns or None, request.t_end_ns or None)
         if not frames:
             stats = self.buffer.stats()
-            return _error(ErrorCode.EMPTY_WINDOW,
+            return error_response(ErrorCode.EMPTY_WINDOW,
                           f"no frame in window [{request.t_start_ns}, {request.t_end_ns}] ns; buffer holds "
                           f"[{stats['oldest_stamp_ns']}, {stats['newest_stamp_ns']}] ns")
         voxel_sets = None
@@ -375,7 +336,7 @@ class QueryEngine:
         latency["sampling_ms"] = (time.monotonic() - t_start) * 1e3
         model = self.model
         if model is None:
-            return _error(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}")
+            return error_response(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}")
         tokens: list[str] = []
         retried = 0
 
@@ -389,7 +350,7 @@ class QueryEngine:
         handle._stage("encoding")
         with self.model_lock:
             if handle.should_stop():
-                return _error(ErrorCode.CANCELLED if handle.cancel_requested else ErrorCode.TIMEOUT, "stopped")
+                return error_response(ErrorCode.CANCELLED if handle.cancel_requested else ErrorCode.TIMEOUT, "stopped")
             while True:
                 try:
                     result = model.answer([np.ascontiguousarray(f.rgb) for f in picked], request.question,
@@ -406,14 +367,14 @@ class QueryEngine:
                     traceback.clear_frames(exc.__traceback__)
                 release_cached_memory()  # outside the except block, where the exception is gone
                 if len(picked) <= MIN_RETRY_FRAMES or tokens:
-                    return _error(ErrorCode.INTERNAL, f"out of memory with {len(picked)} frame(s): {oom}")
+                    return error_response(ErrorCode.INTERNAL, f"out of memory with {len(picked)} frame(s): {oom}")
                 log.warning("out of memory with %d frames; retrying with %d", len(picked), len(picked) // 2)
                 picked = thin_frames(picked, len(picked) // 2)
                 retried = len(picked)
         if handle.cancel_requested:
-            return _error(ErrorCode.CANCELLED, "query cancelled")
+            return error_response(ErrorCode.CANCELLED, "query cancelled")
         if getattr(result, "cancelled", False) or time.monotonic() > handle.deadline:
-            return _error(ErrorCode.TIMEOUT, f"query exceeded its timeout of {request.timeout_s:g} s")
+            return error_response(ErrorCode.TIMEOUT, f"query exceeded its timeout of {request.timeout_s:g} s")
         handle._stage("parsing")
         timings = getattr(result, "timings_ms", {}) or {}
         for key in MODEL_TIMING_KEYS:

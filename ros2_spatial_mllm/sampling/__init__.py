@@ -37,6 +37,7 @@ from ros2_spatial_mllm.sampling.space_aware import (
     reference_voxel_size,
     space_aware_sample,
 )
+from ros2_spatial_mllm.sampling.window import select_frames
 from ros2_spatial_mllm.sampling.voxels import FrameVoxels, coarsen_keys, pack_keys, sorted_unique, unpack_keys
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "reference_voxel_size",
     "sorted_unique",
     "space_aware_sample",
+    "select_frames",
     "uniform_sample",
     "unpack_keys",
 ]

@@ -185,3 +185,32 @@ def test_interpolate_pose_linear_translation_slerp_rotation_shorter_arc():
     quarter = g.interpolate_pose(a, b, 0.25)
     assert math.isclose(math.degrees(math.atan2(quarter[1, 0], quarter[0, 0])), 175.0, abs_tol=1e-9)
     np.testing.assert_allclose(quarter[:3, 3], (0.25, 0.5, 0.0), atol=1e-12)
+
+
+def _clip_prediction(translation_x: float, pair_pose=None) -> dict:
+    """A two-camera predict_geometry output [1, S=2, ...]: camera 1 moved sideways by translation_x
+    (camera-from-world t = -x for a pure translation), 90 degree fields of view."""
+    ext = torch.zeros(1, 2, 3, 4)
+    ext[..., :3, :3] = torch.eye(3)
+    ext[0, 1, 0, 3] = -translation_x
+    intr = torch.tensor([[[[4.0, 0, 4.0], [0, 3.0, 3.0], [0, 0, 1]]] * 2])  # w 8 h 6: fx 4 fy 3
+    pred = {"pose_enc": g.extrinsics_intrinsics_to_pose_encoding(ext, intr, (6, 8)),
+            "depth": torch.full((1, 2, 6, 8, 1), 2.5), "depth_conf": torch.ones(1, 2, 6, 8)}
+    if pair_pose is not None:
+        pred["pair_pose"] = torch.tensor([pair_pose])
+    return pred
+
+
+def test_frame_geometry_from_prediction_camera_head_and_pair_pose():
+    out = g.frame_geometry_from_prediction(_clip_prediction(0.5), (6, 8))
+    assert {k: v.shape for k, v in out.items()} == {"depth": (2, 6, 8), "depth_conf": (2, 6, 8),
+                                                     "extrinsics": (2, 3, 4), "intrinsics": (2, 3, 3)}
+    assert all(v.dtype == np.float32 for v in out.values())
+    np.testing.assert_allclose(out["extrinsics"][0], np.eye(4)[:3], atol=1e-6)       # world = first camera
+    np.testing.assert_allclose(out["extrinsics"][1, 0, 3], -0.5, atol=1e-5)          # the camera head's motion
+    np.testing.assert_allclose(out["intrinsics"][0], [[4, 0, 4], [0, 3, 3], [0, 0, 1]], atol=1e-4)
+    # with a pair-pose head its chained motion (camera 1 at x = +2 in camera 0) replaces the head's
+    out = g.frame_geometry_from_prediction(_clip_prediction(0.5, pair_pose=[[0, 0, 0, 2.0, 0, 0]]), (6, 8))
+    np.testing.assert_allclose(out["extrinsics"][1, :, 3], [-2.0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(out["intrinsics"][1], [[4, 0, 4], [0, 3, 3], [0, 0, 1]], atol=1e-4)
+    np.testing.assert_allclose(out["depth"], 2.5)

@@ -95,6 +95,9 @@ def test_video_tokens_and_both_encoders_share_resized_frames(mllm):
     video_id = mllm.model.config.video_token_id
     assert int((inputs["input_ids"] == video_id).sum()) == t * gh * gw // 4
     assert torch.equal(inputs["mm_token_type_ids"] == 2, inputs["input_ids"] == video_id)
+    assert inputs["second_per_grid_ts"].tolist() == [2 / mllm.fps]  # mRoPE time step of one grid
+    with pytest.raises(ValueError, match="no frames given"):
+        mllm.prepare_inputs([], "How big is the room?")
 
 
 def test_predict_geometry_shapes_and_first_camera_world(mllm):
