@@ -10,8 +10,9 @@ frames; a model that answers from the text prior has none (the gap is ~0).
 
 Reported per task and overall: loss_true, loss_shuffled, gap = loss_shuffled - loss_true
 (answer-token cross-entropy), acc1 (the first answer token is the argmax: a multiple-choice
-question's greedy letter is right), and with --decode the VSI-Bench / MultiSPA score of greedy replies
-(the data engine's scorer) for both inputs, next to the answer-prior baseline.
+question's greedy letter is right), and with --decode the VSI-Bench / MultiSPA score of the
+replies for both inputs (the data engine's scorer; greedy tokens, lone numbers by expected MRA
+as the product answers them unless --numeric-answers greedy), next to the answer-prior baseline.
 """
 from __future__ import annotations
 
@@ -75,27 +76,63 @@ def per_record_loss(model, cache: VisualFeatureCache, recs: list[dict], keys: li
     return losses, hits
 
 
+def _prefix_expander(model, base: dict):
+    """expand(prefixes) for numeric_answer.enumerate_numbers on cached tokens: log-probs [F, V]
+    of the token after each prefix (tuples of one length) appended to the one-record prompt
+    `base`, all F at once (the record's visual tokens repeated)."""
+    def expand(prefixes: list[tuple]) -> torch.Tensor:
+        n = len(prefixes)
+        ids = torch.cat([base["input_ids"].expand(n, -1), torch.tensor(prefixes, dtype=torch.long).view(n, -1)], 1)
+        zeros = torch.zeros(n, ids.shape[1] - base["input_ids"].shape[1], dtype=base["mm_token_type_ids"].dtype)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                 "mm_token_type_ids": torch.cat([base["mm_token_type_ids"].expand(n, -1), zeros], 1),
+                 "video_grid_thw": base["video_grid_thw"].repeat(n, 1),
+                 "second_per_grid_ts": base["second_per_grid_ts"].repeat(n),
+                 "video": base["video"].repeat(n, 1), "spatial": base["spatial"].repeat(n, 1)}
+        return torch.log_softmax(cached_forward(model, batch)[:, -1].float(), -1)
+    return expand
+
+
 @torch.no_grad()
-def greedy_replies(model, cache: VisualFeatureCache, recs: list[dict], keys: list[tuple],
-                   max_new_tokens: int = 24) -> list[str]:
-    """Greedy decoding on cached visual tokens, one record at a time (no KV cache: the sequences
-    are ~100 tokens and the tiny LLM recomputes them in milliseconds)."""
+def decoded_replies(model, cache: VisualFeatureCache, recs: list[dict], keys: list[tuple],
+                    max_new_tokens: int = 24, numeric_answers: str = "expected_mra") -> list[str]:
+    """Replies on cached visual tokens, one record at a time (no KV cache: the sequences are
+    ~100 tokens and the tiny LLM recomputes them in milliseconds). Greedy tokens; with
+    numeric_answers "expected_mra" (the product's default, ros2_spatial_mllm/numeric_answer.py)
+    a reply to a question without options that is one bare number, ended within the budget, is
+    replaced as SpatialMLLM.answer replaces it; "greedy" keeps the digit-by-digit reply."""
+    from ros2_spatial_mllm.numeric_answer import check_numeric_answers, choose_number, enumerate_numbers, \
+        is_lone_number
+
+    check_numeric_answers(numeric_answers)
     model.eval()
     tok = cache.encoder.tokenizer
     eos = cache.encoder.eos_id
     replies = []
     for rec, key in zip(recs, keys):
         b = cache.batch([rec], [key], with_answer=False)
+        base = dict(b)
         new: list[int] = []
+        first_logits, ended = None, False
         for _ in range(max_new_tokens):
-            nxt = int(cached_forward(model, b)[0, -1].argmax())
+            logits = cached_forward(model, b)[0, -1]
+            first_logits = logits if first_logits is None else first_logits
+            nxt = int(logits.argmax())
             if nxt == eos:
+                ended = True
                 break
             new.append(nxt)
             b["input_ids"] = torch.cat([b["input_ids"], torch.tensor([[nxt]])], 1)
             b["attention_mask"] = torch.cat([b["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
             b["mm_token_type_ids"] = torch.cat([b["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.int32)], 1)
-        replies.append(tok.decode(new, skip_special_tokens=True))
+        text = tok.decode(new, skip_special_tokens=True)
+        if numeric_answers == "expected_mra" and not rec.get("options") and ended and is_lone_number(text):
+            decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)  # noqa: E731
+            numbers = enumerate_numbers(torch.log_softmax(first_logits.float(), -1), _prefix_expander(model, base),
+                                        decode, cache.encoder.runtime.eos_ids, max_tokens=min(8, max_new_tokens))
+            choice = choose_number(numbers, decode)
+            text = choice.text if choice is not None else text
+        replies.append(text)
     return replies
 
 
@@ -111,7 +148,8 @@ def prediction_rows(recs: list[dict], replies: list[str]) -> list[dict]:
 
 
 def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: bool = False,
-                 train_recs: list[dict] | None = None, batch_size: int = 32) -> dict:
+                 train_recs: list[dict] | None = None, batch_size: int = 32,
+                 numeric_answers: str = "expected_mra") -> dict:
     """{'overall': {...}, 'tasks': {task: {n, loss_true, loss_shuffled, gap[, score_true,
     score_shuffled, score_prior]}}, 'macro': {...} and 'predictions' (the true frames' scored
     rows, prediction_rows) with decode}."""
@@ -139,9 +177,9 @@ def frame_signal(model, cache: VisualFeatureCache, recs: list[dict], decode: boo
 
         from training.eval.scorer import aggregate
 
-        rows = prediction_rows(recs, greedy_replies(model, cache, recs, true_keys))
-        summaries = {"true": aggregate(rows),
-                     "shuffled": aggregate(prediction_rows(recs, greedy_replies(model, cache, recs, shuf_keys)))}
+        rows = prediction_rows(recs, decoded_replies(model, cache, recs, true_keys, numeric_answers=numeric_answers))
+        shuffled = decoded_replies(model, cache, recs, shuf_keys, numeric_answers=numeric_answers)
+        summaries = {"true": aggregate(rows), "shuffled": aggregate(prediction_rows(recs, shuffled))}
         if train_recs:
             summaries["prior"] = prior_baseline(train_recs, recs)["summary"]
         for name, summ in summaries.items():
@@ -182,7 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="N questions spread evenly over the split (0 = all)")
     p.add_argument("--num-frames", type=int, default=8, help="frames per question")
     p.add_argument("--sampling", default="uniform", help="uniform | space_aware")
-    p.add_argument("--decode", action="store_true", help="also greedy-decode and score (slower)")
+    p.add_argument("--decode", action="store_true", help="also decode and score (slower)")
+    p.add_argument("--numeric-answers", choices=["expected_mra", "greedy"], default="expected_mra",
+                   help="how decoded lone numbers are chosen (the product's default: expected_mra)")
     p.add_argument("--out", default=None,
                    help="write the result JSON (+ .md table, and with --decode .predictions.jsonl) here")
     args = p.parse_args(argv)
@@ -193,7 +233,8 @@ def main(argv=None) -> int:
     recs = load_qa_records(dcfg, args.split)
     recs = spread(recs, args.limit)
     res = frame_signal(model, cache, recs, decode=args.decode,
-                       train_recs=load_qa_records(dcfg, "train") if args.decode else None)
+                       train_recs=load_qa_records(dcfg, "train") if args.decode else None,
+                       numeric_answers=args.numeric_answers)
     rows = res.pop("predictions", None)
     table = format_table(res)
     print(table)

@@ -18,8 +18,9 @@ renderer's true mean 3-D point of that token's pixels, in the first sampled came
 (training/aux_targets.token_targets). With --yaw-noise-deg / --shift-noise each temporal token
 group after the first gets its points turned about the first camera's vertical axis and shifted
 (seeded by the frame set), as an imperfect camera-pose estimate would place them. After
-training, greedy answers on a spread of the test split (cached tokens, on the recipe's frame
-sets: `data.frame_sampling`, `mixed` in the default) give per-task scores, written to
+training, answers on a spread of the test split (cached tokens, on the recipe's frame sets:
+`data.frame_sampling`, `mixed` in the default; greedy tokens, lone numbers by expected MRA
+unless --numeric-answers greedy) give per-task scores, written to
 <out>/oracle.json and oracle.md, and per question to <out>/predictions.jsonl (pair two runs with
 `python -m training.eval.compare A B`). `--scale 0` is the control (same recipe, no embedding).
 The shipped model never sees these tokens: this measures a ceiling, not a feature.
@@ -136,6 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value before the stage is built, e.g. --set model.llm_grow_to=8 "
                         "or --set cached_sft.aux.pair_layer=3 (repeatable)")
+    p.add_argument("--numeric-answers", choices=["expected_mra", "greedy"], default="expected_mra",
+                   help="how decoded lone numbers are chosen: expected_mra as the product answers (default), "
+                        "or greedy, as the sprints before 2026-12-06 scored")
     p.add_argument("--eval-only", action="store_true",
                    help="no training: score --init itself (with --scale 0, a normally trained model on cached tokens)")
     args = p.parse_args(argv)
@@ -172,7 +176,8 @@ def main(argv=None) -> int:
     test = spread(load_qa_records(dcfg, split="test"), args.eval_limit)
     precompute(cache, test, "encode test frames", True)
     with torch.no_grad():
-        res = frame_signal(model, cache, test, decode=True, train_recs=load_qa_records(dcfg, split="train"))
+        res = frame_signal(model, cache, test, decode=True, train_recs=load_qa_records(dcfg, split="train"),
+                           numeric_answers=args.numeric_answers)
     rows = res.pop("predictions")
     write_jsonl(rows, out / "predictions.jsonl")
     summary = {"args": vars(args), "norm": PositionOracleCache.norm, **res}

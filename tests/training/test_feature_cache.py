@@ -361,3 +361,28 @@ def test_position_oracle_adds_each_tokens_true_position_at_a_fixed_norm(setup):
         assert torch.equal(oracle.batch(recs)["video"], base["video"])
     finally:
         PositionOracleCache.scale, PositionOracleCache.norm = saved
+
+
+def test_cached_replies_answer_numbers_as_the_product_does(setup):
+    """The cached-token scorer's replies equal SpatialMLLM.answer's on the same frames, in both
+    numeric modes (the shipped weights, so that numeric questions get lone-number replies)."""
+    from training.frame_signal import decoded_replies
+    from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR
+
+    model, assets = build_model({"init": str(TINY_ASSETS_DIR)})
+    model.eval()
+    dcfg = {"root": setup["data"], "num_frames": 8}
+    enc = ExampleEncoder(model, assets, dcfg)
+    cache = VisualFeatureCache(model, enc)
+    recs = [r for r in load_qa_records(dcfg, "train") + load_qa_records(dcfg, "val") if not r.get("options")][:12]
+    keys = [cache.frame_key(r) for r in recs]
+    searched = decoded_replies(model, cache, recs, keys)
+    greedy = decoded_replies(model, cache, recs, keys, numeric_answers="greedy")
+    for mode, replies in (("expected_mra", searched), ("greedy", greedy)):
+        enc.runtime.set_numeric_answers(mode)
+        product = [enc.runtime.answer(enc.record_frames(r), r["question"], max_new_tokens=24).text for r in recs]
+        assert replies == product, mode
+    enc.runtime.set_numeric_answers("expected_mra")
+    assert sum(a != b for a, b in zip(searched, greedy)) >= 1  # the search changed some number
+    with pytest.raises(ValueError):
+        decoded_replies(model, cache, recs[:1], keys[:1], numeric_answers="mean")
