@@ -250,7 +250,7 @@ class QueryEngine:
             handle._finish(checked)
         elif self._state != ModelState.READY or self._closed:
             handle._finish(error_response(ErrorCode.MODEL_NOT_READY, f"model is {self._state.value}"
-                                  + (f" ({self._state_error})" if self._state_error else "")))
+                                          + (f" ({self._state_error})" if self._state_error else "")))
         else:
             with self._cv:
                 busy = len(self._waiting) >= self.config.max_waiting
@@ -324,8 +324,8 @@ class QueryEngine:
         if not frames:
             stats = self.buffer.stats()
             return error_response(ErrorCode.EMPTY_WINDOW,
-                          f"no frame in window [{request.t_start_ns}, {request.t_end_ns}] ns; buffer holds "
-                          f"[{stats['oldest_stamp_ns']}, {stats['newest_stamp_ns']}] ns")
+                                  f"no frame in window [{request.t_start_ns}, {request.t_end_ns}] ns; buffer holds "
+                                  f"[{stats['oldest_stamp_ns']}, {stats['newest_stamp_ns']}] ns")
         voxel_sets = None
         if request.sampling == "space_aware" and self.geometry is not None:
             voxel_sets = self.geometry.voxels_for([f.stamp_ns for f in frames])

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ros2_spatial_mllm.numeric_answer import NUMERIC_ANSWER_MODES
 from training.feature_cache import IGNORE_INDEX, VisualFeatureCache, cached_forward
 from training.model_io import task_family
 
@@ -76,11 +77,12 @@ def per_record_loss(model, cache: VisualFeatureCache, recs: list[dict], keys: li
     return losses, hits
 
 
-def _prefix_expander(model, base: dict):
-    """expand(prefixes) for numeric_answer.enumerate_numbers on cached tokens: log-probs [F, V]
-    of the token after each prefix (tuples of one length) appended to the one-record prompt
-    `base`, all F at once (the record's visual tokens repeated)."""
-    def expand(prefixes: list[tuple]) -> torch.Tensor:
+def _logits_after(model, base: dict):
+    """logits_after(prefixes) -> logits [F, V] of the token after each prefix (token-id tuples of
+    one length) appended to the one-record cached prompt `base`, all F in one forward (the
+    record's visual tokens repeated). The greedy loop calls it with one prefix; the number search
+    uses it as a decode session's branch_logits."""
+    def logits_after(prefixes: list[tuple]) -> torch.Tensor:
         n = len(prefixes)
         ids = torch.cat([base["input_ids"].expand(n, -1), torch.tensor(prefixes, dtype=torch.long).view(n, -1)], 1)
         zeros = torch.zeros(n, ids.shape[1] - base["input_ids"].shape[1], dtype=base["mm_token_type_ids"].dtype)
@@ -89,8 +91,8 @@ def _prefix_expander(model, base: dict):
                  "video_grid_thw": base["video_grid_thw"].repeat(n, 1),
                  "second_per_grid_ts": base["second_per_grid_ts"].repeat(n),
                  "video": base["video"].repeat(n, 1), "spatial": base["spatial"].repeat(n, 1)}
-        return torch.log_softmax(cached_forward(model, batch)[:, -1].float(), -1)
-    return expand
+        return cached_forward(model, batch)[:, -1]
+    return logits_after
 
 
 @torch.no_grad()
@@ -100,9 +102,11 @@ def decoded_replies(model, cache: VisualFeatureCache, recs: list[dict], keys: li
     ~100 tokens and the tiny LLM recomputes them in milliseconds). Greedy tokens; with
     numeric_answers "expected_mra" (the product's default, ros2_spatial_mllm/numeric_answer.py)
     a reply to a question without options that is one bare number, ended within the budget, is
-    replaced as SpatialMLLM.answer replaces it; "greedy" keeps the digit-by-digit reply."""
-    from ros2_spatial_mllm.numeric_answer import check_numeric_answers, choose_number, enumerate_numbers, \
-        is_lone_number
+    replaced as SpatialMLLM.answer replaces it (the same answer_number call); "greedy" keeps the
+    digit-by-digit reply."""
+    from types import SimpleNamespace
+
+    from ros2_spatial_mllm.numeric_answer import answer_number, check_numeric_answers, is_lone_number
 
     check_numeric_answers(numeric_answers)
     model.eval()
@@ -110,27 +114,21 @@ def decoded_replies(model, cache: VisualFeatureCache, recs: list[dict], keys: li
     eos = cache.encoder.eos_id
     replies = []
     for rec, key in zip(recs, keys):
-        b = cache.batch([rec], [key], with_answer=False)
-        base = dict(b)
+        logits_after = _logits_after(model, cache.batch([rec], [key], with_answer=False))
         new: list[int] = []
         first_logits, ended = None, False
         for _ in range(max_new_tokens):
-            logits = cached_forward(model, b)[0, -1]
+            logits = logits_after([tuple(new)])[0]
             first_logits = logits if first_logits is None else first_logits
             nxt = int(logits.argmax())
             if nxt == eos:
                 ended = True
                 break
             new.append(nxt)
-            b["input_ids"] = torch.cat([b["input_ids"], torch.tensor([[nxt]])], 1)
-            b["attention_mask"] = torch.cat([b["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
-            b["mm_token_type_ids"] = torch.cat([b["mm_token_type_ids"], torch.zeros(1, 1, dtype=torch.int32)], 1)
         text = tok.decode(new, skip_special_tokens=True)
         if numeric_answers == "expected_mra" and not rec.get("options") and ended and is_lone_number(text):
-            decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)  # noqa: E731
-            numbers = enumerate_numbers(torch.log_softmax(first_logits.float(), -1), _prefix_expander(model, base),
-                                        decode, cache.encoder.runtime.eos_ids, max_tokens=min(8, max_new_tokens))
-            choice = choose_number(numbers, decode)
+            choice = answer_number(SimpleNamespace(branch_logits=logits_after), first_logits, tok.decode,
+                                   cache.encoder.runtime.eos_ids, min(8, max_new_tokens))
             text = choice.text if choice is not None else text
         replies.append(text)
     return replies
@@ -221,7 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-frames", type=int, default=8, help="frames per question")
     p.add_argument("--sampling", default="uniform", help="uniform | space_aware")
     p.add_argument("--decode", action="store_true", help="also decode and score (slower)")
-    p.add_argument("--numeric-answers", choices=["expected_mra", "greedy"], default="expected_mra",
+    p.add_argument("--numeric-answers", choices=NUMERIC_ANSWER_MODES, default="expected_mra",
                    help="how decoded lone numbers are chosen (the product's default: expected_mra)")
     p.add_argument("--out", default=None,
                    help="write the result JSON (+ .md table, and with --decode .predictions.jsonl) here")

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ros2_spatial_mllm.numeric_answer import NUMERIC_ANSWER_MODES
 from training.feature_cache import VisualFeatureCache
 
 FREQS = (1.0, 2.0, 4.0)          # Fourier frequencies (per unit of aux_targets.XYZ_SCALE = 3 m)
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value before the stage is built, e.g. --set model.llm_grow_to=8 "
                         "or --set cached_sft.aux.pair_layer=3 (repeatable)")
-    p.add_argument("--numeric-answers", choices=["expected_mra", "greedy"], default="expected_mra",
+    p.add_argument("--numeric-answers", choices=NUMERIC_ANSWER_MODES, default="expected_mra",
                    help="how decoded lone numbers are chosen: expected_mra as the product answers (default), "
                         "or greedy, as the sprints before 2026-12-06 scored")
     p.add_argument("--eval-only", action="store_true",
