@@ -48,7 +48,7 @@ from ros2_spatial_mllm.ros import convert
 from ros2_spatial_mllm.ros.answer_views import AnswerViews
 from ros2_spatial_mllm.ros.process import (CallbackErrors, enable_stack_dumps, limit_heap_growth,
                                           spin_until_shutdown)
-from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics
+from ros2_spatial_mllm.ros.diagnostics import age_since, build_diagnostics, model_diagnostics
 from ros2_spatial_mllm.ros.intake import FrameIntake
 from ros2_spatial_mllm.ros.params import NodeConfig
 from ros2_spatial_mllm.engine_checks import load_with_verified_backend
@@ -118,12 +118,7 @@ class SpatialMllmNode(LifecycleNode):
                     "tf2_msgs; on a robot install ros-<distro>-tf2-msgs)")
                 return TransitionCallbackReturn.FAILURE
         self.config = config
-        self.buffer = FrameBuffer(
-            max_frames=config.buffer_max_frames, max_bytes=config.buffer_max_bytes,
-            min_interval_s=config.keyframe_min_interval_s,
-            min_translation_m=config.keyframe_min_translation_m,
-            min_rotation_deg=config.keyframe_min_rotation_deg,
-            max_interval_s=config.keyframe_max_interval_s)
+        self.buffer = config.frame_buffer()
         # loader: SpatialMLLM.load + (onnxruntime/tensorrt) export checks and a probe against the
         # torch weights, so a corrupt or mismatched engine fails activate instead of being used
         self.engine = QueryEngine(self.buffer, config.engine_config(), loader=load_with_verified_backend)
@@ -149,7 +144,7 @@ class SpatialMllmNode(LifecycleNode):
         self._create_input_subscriptions(config, tf_message)
         self._state_label = "inactive"
         self.get_logger().info(
-            f"configured: input {config.image_transport} '{self._image_topic(config)}' "
+            f"configured: input {config.image_transport} '{config.subscribed_image_topic()}' "
             f"({config.qos_reliability}, depth {config.qos_depth}), buffer "
             f"{config.buffer_max_frames} frames / {config.buffer_max_mb:g} MiB, geometry "
             f"{config.geometry_source}, model {config.model_path or config.model_preset} on {config.device}"
@@ -170,12 +165,7 @@ class SpatialMllmNode(LifecycleNode):
             self.get_logger().error(f"activate failed: model did not load: {self.engine.state_error}")
             return TransitionCallbackReturn.FAILURE
         info = getattr(self.engine.model, "info", {}) or {}
-        self._model_info = {k: v for k, v in dict(info).items() if isinstance(v, (str, int, float, bool))}
-        self._model_info["device"] = config.resolved_device()
-        check = getattr(self.engine.model, "backend_check", None)
-        if check:
-            self._model_info.update(backend=check["backend"], onnx_dir=check["onnx_dir"],
-                                    backend_probe=" ".join(f"{k}={v:.2g}" for k, v in check["probe"].items()))
+        self._model_info = model_diagnostics(self.engine.model, config.resolved_device())
         self._identity = {k: str(info.get(k, "")) for k in ("config_hash", "revision")}
         if self.geometry is not None:
             self.geometry.notify_model_ready()
@@ -228,11 +218,6 @@ class SpatialMllmNode(LifecycleNode):
         self.buffer, self.intake, self._model_info, self._identity = None, None, {}, {}
 
     # ------------------------------------------------------------------ inputs
-    @staticmethod
-    def _image_topic(config: NodeConfig) -> str:
-        topic = config.image_topic.rstrip("/")
-        return f"{topic}/compressed" if config.image_transport == "compressed" else topic
-
     def _create_input_subscriptions(self, config: NodeConfig, tf_message=None) -> None:
         """One mutually exclusive group per subscription: each topic's callbacks stay in order,
         topics run side by side (a burst on one topic does not starve the others)."""
@@ -242,7 +227,7 @@ class SpatialMllmNode(LifecycleNode):
                          else ReliabilityPolicy.RELIABLE),
             durability=qos_profile_sensor_data.durability)
         image_type = CompressedImage if config.image_transport == "compressed" else Image
-        wanted = [(image_type, self._image_topic(config), self.intake.on_image, qos)]
+        wanted = [(image_type, config.subscribed_image_topic(), self.intake.on_image, qos)]
         if config.depth_topic:
             wanted.append((Image, config.depth_topic, self.intake.on_depth, qos))
         if config.camera_info_topic:
@@ -273,7 +258,7 @@ class SpatialMllmNode(LifecycleNode):
             self.get_logger().error(f"ask (service) failed: {type(exc).__name__}: {exc}")
             outcome = QueryResponse(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         identity = self._identity
-        self._finish_query_safe(request, outcome, "service", received, identity)
+        self._finish_query(request, outcome, "service", received, identity)
         return convert.fill_identity(convert.fill_outcome(response, outcome), identity)
 
     def _on_ask_action(self, goal_handle):
@@ -319,45 +304,35 @@ class SpatialMllmNode(LifecycleNode):
             goal_handle.succeed()
         else:
             goal_handle.abort()
-        self._finish_query_safe(goal, outcome, "action", received, identity)
+        self._finish_query(goal, outcome, "action", received, identity)
         return result
-
-    def _finish_query_safe(self, request, outcome: QueryResponse, interface: str, received,
-                           identity: dict | None = None) -> None:
-        try:
-            self._finish_query(request, outcome, interface, received, identity)
-        except Exception as exc:  # noqa: BLE001 - logging/publishing must not kill the node
-            self.get_logger().error(f"ask[{interface}] bookkeeping failed: {exc}")
 
     def _finish_query(self, request, outcome: QueryResponse, interface: str, received,
                       identity: dict | None = None) -> None:
         """Log one line, publish the answer views and the ~/answers message (with the identity
-        of the model that answered: `identity` = {"config_hash", "revision"}, {} when none)."""
-        total = outcome.latency_ms.get("total_ms", 0.0)
-        text = outcome.answer if len(outcome.answer) <= 60 else outcome.answer[:57] + "..."
-        line = (f"ask[{interface}] #{outcome.request_id} {outcome.code.name}: frames="
-                f"{len(outcome.frame_stamps_ns)} tokens={outcome.num_tokens} total={total:.0f}ms "
-                + (f"answer={text!r}" if outcome.success else f"reason={outcome.message!r}"))
-        # rclpy fixes a call site's severity: one call site per level
-        if outcome.success:
-            self.get_logger().info(line)
-        else:
-            self.get_logger().warning(line)
-        if outcome.success and self.config is not None and self.config.publish_views:
-            world = self.config.views_frame_id or self.config.tf_world_frame or "odom"
-            self._views.submit(self.buffer, self.geometry, outcome.frame_stamps_ns, world,
-                               received.nanoseconds)
-        if not (self.config.publish_answers if self.config else True):
-            return
+        of the model that answered: `identity` = {"config_hash", "revision"}, {} when none).
+        Never raises: logging or publishing must not kill the node or lose the reply."""
         try:
+            line = convert.outcome_log_line(outcome, interface)
+            # rclpy fixes a call site's severity: one call site per level
+            if outcome.success:
+                self.get_logger().info(line)
+            else:
+                self.get_logger().warning(line)
+            if outcome.success and self.config is not None and self.config.publish_views:
+                world = self.config.views_frame_id or self.config.tf_world_frame or "odom"
+                self._views.submit(self.buffer, self.geometry, outcome.frame_stamps_ns, world,
+                                   received.nanoseconds)
+            if not (self.config.publish_answers if self.config else True):
+                return
             msg = convert.fill_outcome(SpatialAnswer(), outcome)
             convert.fill_request_echo(msg, request, outcome.sampling, interface)
             convert.fill_identity(msg, identity)
             msg.header.stamp = received.to_msg()
             msg.header.frame_id = self.intake.last_frame_id if self.intake else ""
             self._answers_pub.publish(msg)
-        except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"could not publish ~/answers: {exc}")
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not kill the node
+            self.get_logger().error(f"ask[{interface}] bookkeeping failed: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:

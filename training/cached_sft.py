@@ -85,7 +85,7 @@ def select_records(records: list[dict], scfg: dict) -> list[dict]:
     repeat_families {family: n} lists each row of that family n times per epoch (the frame cache
     is keyed by frames, so repeats cost no memory). Repeats keep the grounding questions a sizeable
     share of the VSI mix, so reading the frames, learned in the align stage, keeps being rewarded."""
-    from training.model_io import task_family
+    from training.qa_records import task_family
 
     only, skip = set(scfg.get("only_tasks", [])), set(scfg.get("skip_tasks", []))
     skip_fam = set(scfg.get("skip_families", []))
@@ -105,7 +105,8 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     `cache_cls(model, encoder)` builds the feature cache (diagnostics swap in one that edits the
     tokens, training/position_oracle.py)."""
     from training.frame_signal import format_table, frame_signal, spread
-    from training.model_io import ExampleEncoder, build_model, load_qa_records
+    from training.model_io import ExampleEncoder, build_model
+    from training.qa_records import load_qa_records
 
     env, scfg, seed, out_dir = start_stage(cfg, section, device="cpu", default_out="runs/cached_sft")
     if env.world_size > 1:  # the loss calls model.model / lm_head directly, bypassing a DDP wrapper

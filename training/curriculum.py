@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.model_io import ExampleEncoder, build_model, load_qa_records, task_family
+from training.model_io import ExampleEncoder, build_model
+from training.qa_records import load_qa_records, task_family
 from training.rewards import parse_vector
 from training.trainer_utils import set_seed
 

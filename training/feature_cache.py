@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from ros2_spatial_mllm.model.connector import pack_spatial_tokens, pad_frames_to_multiple
-from training.model_io import ExampleEncoder, choose_frames, frame_paths, read_frames
+from ros2_spatial_mllm.model.processing import video_prompt_tokens
+from training.model_io import ExampleEncoder
+from training.qa_records import choose_frames, frame_paths, read_frames
 from training.sft import pad_token_rows
 
 IGNORE_INDEX = -100
-VIDEO_PAD = "<|video_pad|>"
 
 
 def release_free_heap() -> None:
@@ -96,18 +97,14 @@ class VisualFeatureCache:
 
         cache_key = f"{rec.get('id', id(rec))}/{num_video_tokens}/{int(with_answer)}"
         if cache_key not in self.tokens:
-            tok = self.encoder.tokenizer
-            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": build_prompt(
-                rec["question"], rec.get("options") or None)}]}]
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            text = text.replace(VIDEO_PAD, VIDEO_PAD * num_video_tokens)
-            prompt = list(tok(text, add_special_tokens=False)["input_ids"])
+            text, prompt, mm_types = video_prompt_tokens(
+                self.encoder.tokenizer, build_prompt(rec["question"], rec.get("options") or None),
+                num_video_tokens, int(self.model.config.video_token_id))
             answer = self.encoder.answer_ids(rec) if with_answer else []
-            video_id = int(self.model.config.video_token_id)
             self.tokens[cache_key] = {
                 "prompt_text": text, "prompt_len": len(prompt),
                 "input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
-                "mm_token_type_ids": [2 if i == video_id else 0 for i in prompt] + [0] * len(answer)}
+                "mm_token_type_ids": mm_types + [0] * len(answer)}
         return self.tokens[cache_key]
 
     # -- batches --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ros2_spatial_mllm.numeric_answer import NUMERIC_ANSWER_MODES
 from training.feature_cache import IGNORE_INDEX, VisualFeatureCache, cached_forward
-from training.model_io import task_family
+from training.qa_records import task_family
 
 
 def spread(recs: list[dict], limit: int) -> list[dict]:
@@ -209,7 +209,8 @@ def format_table(result: dict) -> str:
 
 def main(argv=None) -> int:
     from training.data.dataset import write_jsonl
-    from training.model_io import ExampleEncoder, build_model, load_qa_records
+    from training.model_io import ExampleEncoder, build_model
+    from training.qa_records import load_qa_records
 
     p = argparse.ArgumentParser(description="answer loss/score with true vs another scene's frames")
     p.add_argument("--model", required=True, help="checkpoint directory (SpatialMLLM layout)")

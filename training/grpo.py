@@ -135,7 +135,8 @@ def completion_logprobs(model, prompt: dict, completions: torch.Tensor, device, 
 
 def run_grpo(cfg: dict, env: DistEnv | None = None) -> dict:
     """Run the stage from a config dict (see training/configs/grpo_tiny.yaml)."""
-    from training.model_io import ExampleEncoder, build_model, load_qa_records
+    from training.model_io import ExampleEncoder, build_model
+    from training.qa_records import load_qa_records
 
     env, gcfg, seed, out_dir = start_stage(cfg, "grpo", env)
     model, assets_dir = build_model(cfg.get("model", {}))

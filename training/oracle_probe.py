@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     from training.cached_sft import batch_records, precompute
     from training.feature_cache import cached_answer_loss
     from training.frame_signal import format_table, frame_signal, spread
-    from training.model_io import ExampleEncoder, build_model, load_qa_records
+    from training.model_io import ExampleEncoder, build_model
+    from training.qa_records import load_qa_records
     from training.sft import setup_trainable
     from training.trainer_utils import cosine_with_warmup, set_seed
 

@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     from training.cached_sft import precompute, run_cached_sft
     from training.data.dataset import write_jsonl
     from training.frame_signal import format_table, frame_signal, spread
-    from training.model_io import ExampleEncoder, build_model, load_qa_records
+    from training.model_io import ExampleEncoder, build_model
+    from training.qa_records import load_qa_records
     from training.trainer_utils import load_config
 
     p = argparse.ArgumentParser(description="cached SFT with true 3-D token positions (diagnostic)")

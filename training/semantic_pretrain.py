@@ -82,7 +82,7 @@ class SemanticClips:
         offset in [0, spacing) chosen by offset_draw in [0, 1)."""
         import cv2
 
-        from training.model_io import read_frames
+        from training.qa_records import read_frames
 
         scene = self.scenes[scene_idx]
         n = len(list((scene / "frames").glob("*.jpg")))

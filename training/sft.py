@@ -107,7 +107,8 @@ def setup_trainable(model: torch.nn.Module, scfg: dict) -> tuple[list[dict], dic
 
 def run_sft(cfg: dict, env: DistEnv | None = None) -> dict:
     """Run the stage from a config dict (see training/configs/sft_tiny.yaml)."""
-    from training.model_io import ExampleEncoder, build_model, load_qa_records
+    from training.model_io import ExampleEncoder, build_model
+    from training.qa_records import load_qa_records
 
     env, scfg, seed, out_dir = start_stage(cfg, "sft", env)
     model, assets_dir = build_model(cfg.get("model", {}))

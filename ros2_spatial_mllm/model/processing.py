@@ -172,29 +172,39 @@ def frames_from_pixel_values_videos(
 VIDEO_PAD = "<|video_pad|>"
 
 
-def video_chat_inputs(tokenizer, config: VideoProcessingConfig, video_token_id: int,
-                      frames: Sequence[np.ndarray], prompt: str, fps: float) -> dict:
-    """Frames (HxWx3 uint8 RGB) + user prompt -> the model's CPU inputs, float32 pixels:
-    input_ids/attention_mask/mm_token_type_ids [1, L], pixel_values_videos [t*gh*gw, 3*2*14*14],
-    video_grid_thw [1, 3], second_per_grid_ts [1], spatial_pixel_values [1, S, 3, H, W] in [0, 1].
-    The chat template's one <|video_pad|> is expanded to one token per merged video patch, and
-    those tokens are typed 2 (video) in mm_token_type_ids; fps sets the mRoPE time spacing."""
-    if len(frames) == 0:
-        raise ValueError("no frames given")
-    resized = resize_frames(frames, config)  # [S, 3, H, W]
-    pixel_values, grid_thw = patchify_video(resized, config)
-    t, gh, gw = grid_thw[0].tolist()
-    num_video_tokens = t * gh * gw // config.merge_size**2
+def video_prompt_tokens(tokenizer, prompt: str, num_video_tokens: int, video_token_id: int) -> tuple[str, list[int], list[int]]:
+    """User prompt + video -> (chat text, token ids, mm_token_type_ids), lists of length L.
+
+    The chat template renders one <|video_pad|> for the video; it is expanded to
+    ``num_video_tokens`` (one per merged video patch), and those tokens are typed 2 (video).
+    The one place the prompt is tokenized, for answering and for training on cached features."""
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if text.count(VIDEO_PAD) != 1:
         raise ValueError("chat template must render exactly one <|video_pad|> for the video")
     text = text.replace(VIDEO_PAD, VIDEO_PAD * num_video_tokens)
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)
-    mm_types = (ids == video_token_id).to(torch.int32) * 2
-    if int(mm_types.sum()) != 2 * num_video_tokens:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    mm_types = [2 if i == video_token_id else 0 for i in ids]
+    if sum(mm_types) != 2 * num_video_tokens:
         raise ValueError("the prompt itself contains video placeholder tokens")
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm_types,
+    return text, ids, mm_types
+
+
+def video_chat_inputs(tokenizer, config: VideoProcessingConfig, video_token_id: int,
+                      frames: Sequence[np.ndarray], prompt: str, fps: float) -> dict:
+    """Frames (HxWx3 uint8 RGB) + user prompt -> the model's CPU inputs, float32 pixels:
+    input_ids/attention_mask/mm_token_type_ids [1, L], pixel_values_videos [t*gh*gw, 3*2*14*14],
+    video_grid_thw [1, 3], second_per_grid_ts [1], spatial_pixel_values [1, S, 3, H, W] in [0, 1].
+    The prompt's tokens come from ``video_prompt_tokens``; fps sets the mRoPE time spacing."""
+    if len(frames) == 0:
+        raise ValueError("no frames given")
+    resized = resize_frames(frames, config)  # [S, 3, H, W]
+    pixel_values, grid_thw = patchify_video(resized, config)
+    t, gh, gw = grid_thw[0].tolist()
+    _, ids, mm_types = video_prompt_tokens(tokenizer, prompt, t * gh * gw // config.merge_size**2, video_token_id)
+    ids = torch.tensor([ids], dtype=torch.long)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                mm_token_type_ids=torch.tensor([mm_types], dtype=torch.int32),
                 pixel_values_videos=pixel_values, video_grid_thw=grid_thw,
                 second_per_grid_ts=torch.tensor([config.temporal_patch_size / fps]),
                 spatial_pixel_values=resized[None])

@@ -123,6 +123,15 @@ def fill_identity(msg, identity: dict | None):
     return msg
 
 
+def outcome_log_line(outcome: QueryResponse, interface: str) -> str:
+    """The node's one log line per query: code, frames, tokens, total time, answer or reason."""
+    total = outcome.latency_ms.get("total_ms", 0.0)
+    text = outcome.answer if len(outcome.answer) <= 60 else outcome.answer[:57] + "..."
+    return (f"ask[{interface}] #{outcome.request_id} {outcome.code.name}: frames="
+            f"{len(outcome.frame_stamps_ns)} tokens={outcome.num_tokens} total={total:.0f}ms "
+            + (f"answer={text!r}" if outcome.success else f"reason={outcome.message!r}"))
+
+
 def fill_request_echo(answer_msg, request_msg, sampling_used: str, interface: str):
     """Copy the request fields of an AskSpatial request/goal into a SpatialAnswer."""
     answer_msg.question = request_msg.question

@@ -20,6 +20,19 @@ def _kv(key: str, value) -> KeyValue:
     return KeyValue(key=str(key), value=str(value))
 
 
+def model_diagnostics(model, device: str) -> dict:
+    """The loaded model's diagnostics fields: its scalar `info` entries, the device, and for an
+    exported backend the export checked at activate (backend, onnx_dir, probe errors)."""
+    info = getattr(model, "info", {}) or {}
+    fields = {k: v for k, v in dict(info).items() if isinstance(v, (str, int, float, bool))}
+    fields["device"] = device
+    check = getattr(model, "backend_check", None)
+    if check:
+        fields.update(backend=check["backend"], onnx_dir=check["onnx_dir"],
+                      backend_probe=" ".join(f"{k}={v:.2g}" for k, v in check["probe"].items()))
+    return fields
+
+
 def build_diagnostics(node_name: str, stamp, lifecycle_state: str, buffer_stats: dict | None,
                       intake_errors: dict, geometry_stats: dict | None, engine_stats: dict | None,
                       model_info: dict, last_frame_age_s: float | None,

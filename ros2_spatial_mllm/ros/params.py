@@ -194,6 +194,20 @@ class NodeConfig:
             max_timeout_s=max(600.0, self.query_timeout_s), max_waiting=self.query_queue_size,
             max_question_chars=self.max_question_chars, max_request_bytes=self.max_request_bytes)
 
+    def subscribed_image_topic(self) -> str:
+        """`image_topic`, with image_transport's `/compressed` suffix for compressed input."""
+        topic = self.image_topic.rstrip("/")
+        return f"{topic}/compressed" if self.image_transport == "compressed" else topic
+
+    def frame_buffer(self):
+        """The FrameBuffer these parameters describe (capacity and keyframe gates)."""
+        from ros2_spatial_mllm.buffer import FrameBuffer
+        return FrameBuffer(max_frames=self.buffer_max_frames, max_bytes=self.buffer_max_bytes,
+                           min_interval_s=self.keyframe_min_interval_s,
+                           min_translation_m=self.keyframe_min_translation_m,
+                           min_rotation_deg=self.keyframe_min_rotation_deg,
+                           max_interval_s=self.keyframe_max_interval_s)
+
     def resolved_device(self) -> str:
         """`device`, with "auto" -> "cuda" when torch sees a GPU, else "cpu"."""
         if self.device != "auto":

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
-from ros2_spatial_mllm.sampling.greedy import uniform_sample
+from ros2_spatial_mllm.sampling.greedy import candidate_indices, uniform_sample
 from ros2_spatial_mllm.sampling.space_aware import space_aware_sample
 
 
@@ -19,7 +18,7 @@ def select_frames(frames: Sequence[Any], k: int, mode: str, voxel_sets: Sequence
     """Choose up to ``k`` of ``frames`` (time-sorted): (indices ascending, coverage, mode used).
 
     space_aware needs one voxel set per frame (None where geometry is missing): candidates are
-    up to ``max_candidates`` frames by linspace, restricted to those with geometry; when fewer
+    up to ``max_candidates`` frames by linspace (``candidate_indices``), restricted to those with geometry; when fewer
     than ``k`` candidates have geometry it falls back to uniform ("uniform_fallback").
     ``index_select(candidate stamps_ns, k)`` (``GeometryWorker.select_space_aware``: a cached
     ``VoxelIndex``) is tried first; when it returns None the stateless ``space_aware_sample``
@@ -31,8 +30,8 @@ def select_frames(frames: Sequence[Any], k: int, mode: str, voxel_sets: Sequence
     if mode == "latest":
         return list(range(n - k, n)), k / n, "latest"
     if mode == "space_aware" and voxel_sets is not None:
-        cand = np.unique(np.linspace(0, n - 1, min(n, max_candidates)).round().astype(int)).tolist()
-        cand = [i for i in cand if voxel_sets[i] is not None]
+        # the same linspace pre-selection as the reference and training (truncated, not rounded)
+        cand = [i for i in candidate_indices(n, max_candidates) if voxel_sets[i] is not None]
         if len(cand) >= k:
             result = index_select([frames[i].stamp_ns for i in cand], k) if index_select else None
             if result is None:

@@ -189,3 +189,21 @@ def test_tiny_asset_script_never_writes_into_the_package_by_default(capsys):
     assert main(["--write-tiny-assets"]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
     assert (TINY_ASSETS_DIR / "model-00001-of-00001.safetensors").stat().st_mtime_ns == before
+
+
+def test_video_prompt_tokens_expand_the_one_placeholder_and_type_it_video():
+    from ros2_spatial_mllm.model.checkpoint import load_tokenizer
+    from ros2_spatial_mllm.model.processing import video_prompt_tokens
+
+    tokenizer = load_tokenizer(TINY_ASSETS_DIR)
+    video_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    text, ids, types = video_prompt_tokens(tokenizer, "How far is the chair (in meters)?", 6, video_id)
+    assert len(ids) == len(types) and text.count("<|video_pad|>") == 6
+    video_at = [i for i, t in enumerate(types) if t == 2]
+    # one contiguous run of 6 video slots, each holding the placeholder id; nothing else typed
+    assert video_at == list(range(video_at[0], video_at[0] + 6))
+    assert {ids[i] for i in video_at} == {video_id} and set(types) == {0, 2}
+    assert tokenizer.decode(ids, skip_special_tokens=False).endswith("<|im_start|>assistant\n")
+    # a placeholder in the user's text would misplace the video: refused (the node strips them first)
+    with pytest.raises(ValueError, match="exactly one"):
+        video_prompt_tokens(tokenizer, "a <|video_pad|> b", 6, video_id)

@@ -290,3 +290,23 @@ def test_determinism_repeated_runs():
     runs.append(space_aware_sample(rebuilt, 16).to_dict())
     assert all(run == runs[0] for run in runs)
     assert len(runs[0]["indices"]) == 16
+
+
+def test_window_candidates_are_the_truncated_linspace_of_training_and_the_reference():
+    """Past 128 buffered frames select_frames pre-selects the same candidates as
+    candidate_indices (training's space-aware sets): a frame only rounding would reach, however
+    much it covers, is never picked."""
+    from types import SimpleNamespace
+
+    from ros2_spatial_mllm.sampling import candidate_indices
+    from ros2_spatial_mllm.sampling.window import select_frames
+
+    n = 300
+    frames = [SimpleNamespace(stamp_ns=i * 10**8) for i in range(n)]
+    truncated = set(candidate_indices(n, 128))
+    rounded_only = set(np.linspace(0, n - 1, 128).round().astype(int).tolist()) - truncated
+    assert rounded_only
+    voxels = [np.arange(1000 * i, 1000 * i + (500 if i in rounded_only else 1)).reshape(-1, 1).repeat(3, 1)
+              for i in range(n)]
+    chosen, _, used = select_frames(frames, 4, "space_aware", voxels)
+    assert used == "space_aware" and set(chosen) <= truncated

@@ -42,3 +42,28 @@ def test_invalid_parameter_fails_configure_but_node_lives(client_node, node_fact
     assert "sampling='random_walk'" in proc.log()
     assert lifecycle_state(client_node, proc.fqn) == "unconfigured"
 
+
+
+def test_config_builds_the_buffer_and_topic_it_describes():
+    config = NodeConfig.from_dict({**NodeConfig.defaults(), "image_topic": "cam/", "image_transport": "compressed",
+                                   "buffer_max_frames": 7, "buffer_max_mb": 2.0, "keyframe_min_interval_s": 0.5})
+    assert config.subscribed_image_topic() == "cam/compressed"
+    buffer = config.frame_buffer()
+    stats = buffer.stats()
+    assert stats["max_frames"] == 7 and stats["max_bytes"] == 2 << 20 and stats["frames"] == 0
+    assert buffer.min_interval_ns == 500_000_000
+    raw = NodeConfig.from_dict({**NodeConfig.defaults(), "image_topic": "cam/", "image_transport": "raw"})
+    assert raw.subscribed_image_topic() == "cam"
+
+
+def test_one_log_line_per_query_names_the_outcome():
+    from ros2_spatial_mllm.query_engine import ErrorCode, QueryResponse
+    from ros2_spatial_mllm.ros.convert import outcome_log_line
+
+    ok = QueryResponse(ErrorCode.OK, answer="x" * 80, frame_stamps_ns=[1, 2, 3], num_tokens=5, request_id=4,
+                       latency_ms={"total_ms": 12.4})
+    line = outcome_log_line(ok, "action")
+    assert line.startswith("ask[action] #4 OK: frames=3 tokens=5 total=12ms answer='")
+    assert line.endswith("x" * 57 + "...'")
+    busy = outcome_log_line(QueryResponse(ErrorCode.BUSY, message="queue full"), "service")
+    assert busy == "ask[service] #0 BUSY: frames=0 tokens=0 total=0ms reason='queue full'"

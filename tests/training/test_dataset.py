@@ -86,3 +86,20 @@ def test_a_failing_scene_is_recorded_not_fatal(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(scenes, "make_scene", real_make_scene)   # resume retries only the failed scene
     again = generate_dataset(tmp_path / "ds", cfg, workers=1, progress=False)
     assert again["failures"] == [] and again["generated_now"] == 1 and again["questions"] == 12
+
+
+def test_generate_camera_pace_dwell_renders_the_dwell_walk(tmp_path, capsys):
+    import numpy as np
+
+    from training.data.scenes import make_scene
+
+    out = tmp_path / "dwell"
+    assert data_main(["generate", "--scenes", "1", "--questions-per-scene", "4", "--out", str(out), "--workers", "1",
+                      "--frames", "12", "--width", "96", "--height", "72", "--split-fractions", "0,0,1",
+                      "--camera-pace", "dwell", "--no-progress"]) == 0
+    capsys.readouterr()
+    seed = SPLIT_SEED_BASE["test"]
+    cameras = json.loads((out / "scenes" / "test" / f"test_{seed:08d}" / "cameras.json").read_text())
+    want = make_scene(seed, num_frames=12, pace="dwell").world_from_camera
+    assert np.allclose(cameras["world_from_camera"], want, atol=1e-5)
+    assert not np.allclose(cameras["world_from_camera"], make_scene(seed, num_frames=12).world_from_camera, atol=1e-3)

@@ -11,7 +11,8 @@ from training.cached_sft import batch_records, run_cached_sft, select_records
 from training.feature_cache import VisualFeatureCache, cached_answer_loss, cached_forward
 from training.fixtures import tiny_assets_for_tests
 from training.frame_signal import frame_signal, shuffled_keys, spread
-from training.model_io import ExampleEncoder, build_model, load_qa_records
+from training.model_io import ExampleEncoder, build_model
+from training.qa_records import load_qa_records
 from training.semantic_pretrain import SemanticClips, run_semantic, token_targets
 from training.sft import answer_token_loss, collate
 from training.trainer_utils import state_dict_hash

@@ -8,7 +8,8 @@ import torch
 from training.fixtures import make_qa_fixture, tiny_assets_for_tests
 from training.grpo import (clipped_policy_loss, completion_logprobs, completion_mask, group_advantages, k3_kl,
                            run_grpo, sample_group)
-from training.model_io import ExampleEncoder, build_model, load_qa_records
+from training.model_io import ExampleEncoder, build_model
+from training.qa_records import load_qa_records
 
 
 @pytest.fixture(scope="module")

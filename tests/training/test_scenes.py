@@ -2,6 +2,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from training.data.meta_info import load_meta_info, save_meta_info
 from training.data.scenes import _rects_overlap, make_scene
@@ -56,3 +57,21 @@ def test_l_shaped_area_and_meta_roundtrip(tmp_path):
     first = scene.objects[0]
     box = back.boxes(first.category)[0]
     assert np.allclose(box.corners(), first.to_box().corners())
+
+
+def test_dwell_walk_stops_in_the_same_room_and_steady_is_unchanged():
+    from training.data.scenes import dwell_progress
+
+    steady, dwell = make_scene(7, num_frames=32), make_scene(7, num_frames=32, pace="dwell")
+    assert np.array_equal(steady.world_from_camera, make_scene(7, num_frames=32, pace="steady").world_from_camera)
+    assert [o.category for o in steady.objects] == [o.category for o in dwell.objects]   # same room, same draws
+    assert np.array_equal(dwell.world_from_camera, make_scene(7, num_frames=32, pace="dwell").world_from_camera)
+    step = np.linalg.norm(np.diff(dwell.world_from_camera[:, :2, 3], axis=0), axis=1)
+    steady_step = np.linalg.norm(np.diff(steady.world_from_camera[:, :2, 3], axis=0), axis=1)
+    # the camera lingers (steps a tenth of its walk) for several frames and hurries elsewhere
+    assert (step < 0.3 * np.median(steady_step)).sum() >= 4 and step.max() > 1.2 * steady_step.max()
+    assert dwell.room.contains(dwell.world_from_camera[:, :2, 3], margin=0.5).all()
+    progress = dwell_progress(32, 100.0, np.random.default_rng(0))
+    assert progress[0] == 0.0 and np.all(np.diff(progress) > 0) and progress[-1] < 100.0
+    with pytest.raises(ValueError, match="pace must be one of"):
+        make_scene(7, num_frames=8, pace="run")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from training.fixtures import make_qa_fixture, tiny_assets_for_tests
-from training.model_io import ExampleEncoder, build_model, load_qa_records
+from training.model_io import ExampleEncoder, build_model
+from training.qa_records import load_qa_records
 from training.sft import IGNORE_INDEX, collate, run_sft, setup_trainable, sft_forward
 from training.trainer_utils import component_of, set_seed, state_dict_hash
 
@@ -132,7 +133,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(setup):
 
 def test_space_aware_frames_from_sensor_depth(tmp_path):
     from training.data.generate import GenerateConfig, generate_dataset
-    from training.model_io import choose_frames
+    from training.qa_records import choose_frames
 
     data = tmp_path / "engine"
     generate_dataset(data, GenerateConfig(num_scenes=1, questions_per_scene=6, num_frames=12, width=112, height=84,
@@ -145,7 +146,7 @@ def test_space_aware_frames_from_sensor_depth(tmp_path):
 
 
 def test_mixed_sampling_gives_each_question_one_of_four_frame_sets():
-    from training.model_io import choose_frames
+    from training.qa_records import choose_frames
 
     picks = {tuple(choose_frames(32, 8, "mixed", {"id": f"q{i}"})) for i in range(40)}
     assert tuple(choose_frames(32, 8, "uniform")) in picks
@@ -158,7 +159,7 @@ def test_mixed_sampling_gives_each_question_one_of_four_frame_sets():
 def test_space_aware_share_moves_the_mix_and_keeps_the_default():
     import zlib
 
-    from training.model_io import choose_frames
+    from training.qa_records import choose_frames
 
     sa = [0, 2, 3, 10, 11, 20, 30, 31]  # a record's precomputed space-aware set (no depth needed)
     recs = [{"id": f"q{i}", "space_aware_indices": sa} for i in range(400)]

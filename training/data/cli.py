@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,val,test scene fractions")
     g.add_argument("--save-depth", action="store_true", help="also store depth (uint16 mm) and instance masks")
     g.add_argument("--multispa-fraction", type=float, default=0.35, help="share of MultiSPA questions per scene")
+    g.add_argument("--camera-pace", choices=("steady", "dwell"), default="steady",
+                   help="the camera's walk: one speed, or stopping 2-3 times to look around (dwell)")
     g.add_argument("--no-progress", action="store_true", help="disable the progress bar")
 
     d = sub.add_parser("demo", help="(re)build the bundled demo clip and its ground truth")
@@ -76,7 +78,7 @@ def _cmd_generate(args) -> int:
     cfg = GenerateConfig(num_scenes=args.scenes, questions_per_scene=args.questions_per_scene,
                          num_frames=args.frames, width=args.width, height=args.height,
                          split_fractions=tuple(fr), save_depth=args.save_depth,
-                         multispa_fraction=args.multispa_fraction)
+                         multispa_fraction=args.multispa_fraction, camera_pace=args.camera_pace)
     summary = generate_dataset(args.out, cfg, workers=args.workers, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
     if summary["failures"]:  # recorded, not fatal: one line on stderr, the dataset is still written

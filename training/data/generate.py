@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class GenerateConfig:
     save_depth: bool = False
     multispa_fraction: float = 0.35
     jpeg_quality: int = 90
+    camera_pace: str = "steady"     # "dwell": the walk stops 2-3 times (scenes.make_trajectory)
 
 
 def select_balanced(grouped: Dict[str, List[QA]], k: int, rng: random.Random) -> List[QA]:
@@ -78,7 +79,7 @@ def process_scene(job: Tuple[str, str, int, str, Dict]) -> Dict:
     if done.exists():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
-    scene = make_scene(seed, num_frames=cfg.num_frames, name=scene_id)
+    scene = make_scene(seed, num_frames=cfg.num_frames, name=scene_id, pace=cfg.camera_pace)
     t1 = time.perf_counter()
     video = SceneRenderer(scene).render_video(cfg.width, cfg.height)
     t2 = time.perf_counter()

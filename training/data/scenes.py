@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from training.data.categories import CATEGORY_BY_NAME, SYNTHETIC_CATEGORIES, CategorySpec
+from training.data.categories import SYNTHETIC_CATEGORIES, CategorySpec
 from training.data.meta_info import ObjectBox, SceneMeta
 
 PATH_CLEARANCE_M = 0.45
@@ -293,24 +293,48 @@ def _try_place(spec: CategorySpec, rng, room: Room, placed: List[SceneObject], p
     return None
 
 
-def make_trajectory(path: np.ndarray, room: Room, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+CAMERA_PACES = ("steady", "dwell")
+
+
+def dwell_progress(num_frames: int, span: float, rng: np.random.Generator) -> np.ndarray:
+    """[N] position along the loop (path samples, 0..span) of a walker who stops 2-3 times.
+
+    Handheld scans are not walked at one speed: people pause to look around, then hurry on.
+    Each stop holds 12-25 % of the frames at about a tenth of the walking speed, so frames
+    evenly spaced in time crowd where the camera lingers (what space-aware sampling is for)."""
+    speed = np.ones(num_frames)
+    for _ in range(int(rng.integers(2, 4))):
+        length = max(2, int(round(rng.uniform(0.12, 0.25) * num_frames)))
+        start = int(rng.integers(0, max(1, num_frames - length)))
+        speed[start:start + length] = 0.1
+    steps = np.concatenate([[0.0], np.cumsum(speed[:-1])])
+    return steps / (steps[-1] + speed[-1]) * span
+
+
+def make_trajectory(path: np.ndarray, room: Room, num_frames: int, rng: np.random.Generator,
+                    pace: str = "steady") -> np.ndarray:
     """[N,4,4] OpenCV world_from_camera along the loop: handheld-like height bob, a yaw that
     looks across the room (the loop is CCW, so the room interior is on the left) and sweeps
-    towards the near walls and back, a downward pitch and roll jitter."""
+    towards the near walls and back, a downward pitch and roll jitter. pace "steady" walks at one
+    speed; "dwell" stops 2-3 times (`dwell_progress`) while the look-around sweep, bob and pitch
+    go on in time (its extra draws come last, so the room and the other draws are unchanged)."""
+    if pace not in CAMERA_PACES:
+        raise ValueError(f"pace must be one of {CAMERA_PACES}, not {pace!r}")
     n = len(path)
     laps = float(rng.uniform(0.85, 1.0))
-    t = np.linspace(0.0, laps * n, num_frames, endpoint=False)
-    idx0 = np.floor(t).astype(int) % n
-    frac = (t - np.floor(t))[:, None]
-    pos = path[idx0] * (1 - frac) + path[(idx0 + 1) % n] * frac
-    tangent = path[(idx0 + 2) % n] - path[(idx0 - 2) % n]
-    base_yaw = np.arctan2(tangent[:, 1], tangent[:, 0])
+    t = np.linspace(0.0, laps * n, num_frames, endpoint=False)   # [N] time, in path samples walked at speed 1
     phase = rng.uniform(0, 2 * math.pi)
     sweep = np.radians(rng.uniform(25, 40)) * np.sin(2 * math.pi * rng.uniform(1.5, 3.0) * t / n + phase)
-    yaw = base_yaw + np.radians(rng.uniform(55, 80)) + sweep
+    yaw_offset = np.radians(rng.uniform(55, 80))
     height = rng.uniform(1.3, 1.6) + 0.02 * np.sin(2 * math.pi * 6 * t / n + phase)
     pitch = np.radians(rng.uniform(-26, -16)) + np.radians(3) * np.sin(2 * math.pi * t / n)
     roll = np.radians(rng.normal(0, 1.0, num_frames))
+    walked = t if pace == "steady" else dwell_progress(num_frames, laps * n, rng)   # [N] position on the loop
+    idx0 = np.floor(walked).astype(int) % n
+    frac = (walked - np.floor(walked))[:, None]
+    pos = path[idx0] * (1 - frac) + path[(idx0 + 1) % n] * frac
+    tangent = path[(idx0 + 2) % n] - path[(idx0 - 2) % n]
+    yaw = np.arctan2(tangent[:, 1], tangent[:, 0]) + yaw_offset + sweep
     poses = np.zeros((num_frames, 4, 4))
     for i in range(num_frames):
         fwd = np.array([math.cos(yaw[i]) * math.cos(pitch[i]), math.sin(yaw[i]) * math.cos(pitch[i]), math.sin(pitch[i])])
@@ -326,13 +350,14 @@ def make_trajectory(path: np.ndarray, room: Room, num_frames: int, rng: np.rando
 
 
 def make_scene(seed: int, num_frames: int = 128, name: Optional[str] = None,
-               min_objects: int = 10, max_objects: int = 20, palette: str = "category") -> ProceduralScene:
+               min_objects: int = 10, max_objects: int = 20, palette: str = "category",
+               pace: str = "steady") -> ProceduralScene:
     """Build a procedural scene deterministically from ``seed``.
 
     palette: "category" (objects take their category's colour family, see `category_look`;
     walls and floor muted so the furniture stands out) or "random" (any colour for any object:
     the generator before 2026-12, kept so earlier scenes and the renderer's pinned reference
-    figures reproduce)."""
+    figures reproduce). pace: the camera's walk, "steady" or "dwell" (see `make_trajectory`)."""
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {PALETTES}, not {palette!r}")
     rng = np.random.default_rng(seed)
@@ -361,5 +386,5 @@ def make_scene(seed: int, num_frames: int = 128, name: Optional[str] = None,
     style = {"floor_color": floor_color.tolist(), "wall_color": wall_color.tolist(),
              "ceiling_color": [0.92, 0.92, 0.9], "floor_texture": str(rng.choice(["checker", "planks", "plain"])),
              "light_dir": [float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.5, 0.5)), 1.0]}
-    poses = make_trajectory(path, room, num_frames, rng)
+    poses = make_trajectory(path, room, num_frames, rng, pace)
     return ProceduralScene(name or f"synth_{seed:07d}", seed, room, objects, path, poses, style)
