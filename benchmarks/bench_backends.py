@@ -252,7 +252,7 @@ def gpu_section(args, device: str = "cuda", preset: str = "official",
         frames, h, w = sizes["candidates"]
         candidates = torch.rand(1, frames, 3, h, w, device=dev, dtype=dtype)
         label = f"reference_sampling_{frames}f_{h}x{w}"
-        measure(label, lambda: model.spatial_encoder.vggt_model(candidates))  # heads chunked
+        measure(label, lambda c=candidates: model.spatial_encoder.vggt_model(c))  # heads chunked
         del candidates
         out["incremental_pick_ms"] = incremental_pick_ms(args.repeats, frames, h, w)
         out["sampling_speedup"] = round(out[label]["ms"] / out["incremental_pick_ms"], 1)

@@ -76,6 +76,8 @@ def test_tables_and_chart(tmp_path):
     assert "| object_counting | vsibench | 1 | 100.0 |" in md
     assert "MultiSPA overall" in md
     paths = write_tables(summary, tmp_path)
+    assert paths == {"markdown": str(tmp_path / "results.md"), "json": str(tmp_path / "results.json"),
+                     "chart": str(tmp_path / "results.png")}
     assert json.loads((tmp_path / "results.json").read_text())["n"] == 2
     png = (tmp_path / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
