@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from training.data.scenes import CAMERA_PACES
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spatial-mllm-data", description="Spatial QA data engine")
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,val,test scene fractions")
     g.add_argument("--save-depth", action="store_true", help="also store depth (uint16 mm) and instance masks")
     g.add_argument("--multispa-fraction", type=float, default=0.35, help="share of MultiSPA questions per scene")
-    g.add_argument("--camera-pace", choices=("steady", "dwell"), default="steady",
+    g.add_argument("--camera-pace", choices=CAMERA_PACES, default="steady",
                    help="the camera's walk: one speed, or stopping 2-3 times to look around (dwell)")
     g.add_argument("--no-progress", action="store_true", help="disable the progress bar")
 
