@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared node_process
-from node_process import NODE_EXE, ROOT, NodeProcess  # noqa: E402,F401 - re-exported for the tests
+from node_process import ROOT, NodeProcess  # noqa: E402,F401 - re-exported for the tests
 
 # Small test frames: 64x48 so decode/encode stay in the microseconds.
 FRAME_H, FRAME_W = 48, 64

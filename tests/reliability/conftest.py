@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ os.environ.pop("ROS_LOCALHOST_ONLY", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 PID = os.getpid()
 
-from harness import N_FRAMES, STAMPS, STEP_NS, T0_NS, image_messages, publish  # noqa: E402,F401
+from harness import N_FRAMES, STAMPS, image_messages, publish  # noqa: E402
 
 
 def _build_error() -> str | None:

@@ -1,7 +1,7 @@
 """Per-instance visibility from instance masks (drives appearance order and 'seen' filters)."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional
 
 from ros2_spatial_mllm.parsing import first_word, mean_relative_accuracy, parse_answer, strip_answer_tags
 
