@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from training.eval.compare import compare, load_predictions, main, room_of
+from training.eval.compare import average_runs, compare, load_predictions, main, room_of
 from training.eval.scorer import VSI_MAIN_TASKS, VSI_REL_DIRECTION, aggregate
 
 VSI_TASKS = [t for t in VSI_MAIN_TASKS if t != "object_rel_direction"] + list(VSI_REL_DIRECTION)
@@ -192,3 +192,28 @@ def test_unwritable_out_is_a_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path / "missing" / "diff.json")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("compare: ") and len(captured.err.splitlines()) == 1
+
+
+def test_an_arm_of_several_seeds_is_the_mean_of_its_runs(tmp_path, capsys):
+    # two seeds per arm: the pooled difference is the mean of the two per-seed differences
+    a0, a1 = _run(0), _run(1)
+    b0, b1 = _run(0, flip=0.4, flip_task="route_planning"), _run(1, flip=0.1, flip_task="route_planning")
+    per_seed = [compare(a, b, rounds=50)["vsibench"]["diff"] for a, b in ((a0, b0), (a1, b1))]
+    pooled = compare(average_runs([a0, a1]), average_runs([b0, b1]), rounds=50)
+    assert pooled["vsibench"]["diff"] == pytest.approx(sum(per_seed) / 2)
+    assert pooled["tasks"]["route_planning"]["diff"] > 0 and pooled["tasks"]["route_planning"]["low"] is not None
+    paths = {}
+    for name, run in (("a0", a0), ("a1", a1), ("b0", b0), ("b1", b1)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+    out = tmp_path / "pooled.json"
+    assert main([f"{paths['a0']},{paths['a1']}", f"{paths['b0']},{paths['b1']}", "--rounds", "50",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["vsibench"]["diff"] == pytest.approx(pooled["vsibench"]["diff"])
+    capsys.readouterr()
+    # a "seed" that scores other questions is not a seed of the same arm: one line, exit 2
+    other = {k.replace("test_", "val_"): {**v, "id": k.replace("test_", "val_")} for k, v in a1.items()}
+    paths["other"] = tmp_path / "other.jsonl"
+    paths["other"].write_text("".join(json.dumps(r) + "\n" for r in other.values()))
+    assert main([f"{paths['a0']},{paths['other']}", str(paths["b0"])]) == 2
+    assert "run 2 of one arm scores other questions" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 their difference, and a bootstrap interval of that difference over rooms.
 
     python -m training.eval.compare RUN_A RUN_B [--rounds 2000] [--seed 0] [--out diff.json]
+    python -m training.eval.compare A_SEED0,A_SEED1 B_SEED0,B_SEED1     # arms of several seeds
 
 Tiny CPU run (two evaluations of the embedded model, then the comparison)::
 
@@ -18,6 +19,11 @@ no more than rooms drawn at random would make them differ: the question of "do t
 agree within noise" (README "Training") or "does one sampler beat another". When most resamples
 miss one of a figure's tasks (a handful of rooms, as in the tiny run above) the figure gets no
 interval ("too few rooms") rather than one biased toward the point estimate.
+
+An arm given as several runs (comma-separated: seeds of one recipe, each scoring the same
+questions) scores each question by its mean over those runs. Every macro is a mean of per-question
+scores, so the arm's figures are the means of its runs' figures, and the interval is that of the
+seed-averaged difference over rooms; it does not count seed-to-seed spread beyond the seeds given.
 """
 from __future__ import annotations
 
@@ -54,6 +60,26 @@ def load_predictions(path: str | Path) -> Dict[str, dict]:
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ValueError(f"{path}:{n}: not a prediction row ({exc})") from None
     return rows
+
+
+def average_runs(runs: Sequence[Mapping[str, dict]]) -> Dict[str, dict]:
+    """Several {id: row} maps of one arm (seeds) -> one map whose scores are the per-question means.
+    The runs must score the same questions with the same tasks and answers."""
+    if not runs:
+        raise ValueError("no runs to average")
+    first = runs[0]
+    for n, other in enumerate(runs[1:], start=2):
+        if set(other) != set(first) or any(other[i]["task_type"] != first[i]["task_type"]
+                                           or str(other[i].get("answer", "")) != str(first[i].get("answer", ""))
+                                           for i in first):
+            raise ValueError(f"run {n} of one arm scores other questions than run 1: not seeds of one data set")
+    return {i: {**row, "score": sum(r[i]["score"] for r in runs) / len(runs)} for i, row in first.items()}
+
+
+def load_arm(spec: str) -> Dict[str, dict]:
+    """'RUN' or 'RUN1,RUN2,...' (directories or predictions.jsonl) -> {id: row}, scores averaged."""
+    paths = [p for p in spec.split(",") if p]
+    return average_runs([load_predictions(p) for p in paths])
 
 
 def room_of(question_id: str) -> str:
@@ -165,7 +191,8 @@ def markdown(result: Dict, names: Sequence[str] = ("A", "B")) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.eval.compare",
                                 description="paired comparison of two spatial-mllm-eval runs, rooms bootstrapped")
-    p.add_argument("run_a", help="spatial-mllm-eval --out directory (or predictions.jsonl) of run A")
+    p.add_argument("run_a", help="spatial-mllm-eval --out directory (or predictions.jsonl) of run A; "
+                                 "several runs of one arm (seeds) comma-separated, averaged per question")
     p.add_argument("run_b", help="the same for run B; must score the same question ids")
     p.add_argument("--rounds", type=int, default=2000, help="bootstrap rounds (default 2000)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
@@ -176,7 +203,7 @@ def main(argv=None) -> int:
     try:
         if args.rounds < 1 or not 0 < args.level < 1:
             raise ValueError("--rounds must be >= 1 and --level in (0, 1)")
-        result = compare(load_predictions(args.run_a), load_predictions(args.run_b), args.rounds, args.seed,
+        result = compare(load_arm(args.run_a), load_arm(args.run_b), args.rounds, args.seed,
                          args.level)
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
