@@ -29,6 +29,11 @@ def _run(seed: int, rooms: int = 30, per_task: int = 3, flip: float = 0.0, flip_
     return rows
 
 
+def _write_jsonl(path, run) -> None:
+    """A run's rows as a predictions.jsonl (what spatial-mllm-eval writes)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+
+
 def test_room_of_strips_the_question_index():
     assert room_of("test_20000000_008") == "test_20000000"
     assert room_of("val_3_a_12") == "val_3_a"
@@ -86,7 +91,7 @@ def test_different_question_sets_are_refused(tmp_path, capsys):
         compare(a, b)
     for name, run in (("a", a), ("b", b)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+        _write_jsonl(tmp_path / name / "predictions.jsonl", run)
     assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("compare: the runs score different questions")
@@ -95,7 +100,7 @@ def test_different_question_sets_are_refused(tmp_path, capsys):
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     a, b = _run(0), _run(0, flip=0.5, flip_task="route_planning")
     for name, run in (("a.jsonl", a), ("b.jsonl", b)):
-        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+        _write_jsonl(tmp_path / name, run)
     out = tmp_path / "diff.json"
     assert main([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--rounds", "100", "--names", "old", "new",
                  "--out", str(out)]) == 0
@@ -121,7 +126,7 @@ def test_pipeline_report_carries_the_paired_interval(tmp_path):
     runs = {"uniform": _run(0), "space_aware": _run(0, flip=0.6, flip_task="obj_appearance_order")}
     for name, run in runs.items():
         (tmp_path / "eval" / name).mkdir(parents=True)
-        (tmp_path / "eval" / name / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+        _write_jsonl(tmp_path / "eval" / name / "predictions.jsonl", run)
     summaries = {name: aggregate(run.values()) for name, run in runs.items()}
     checks = report(summaries, tmp_path, "test", eval_dir=tmp_path / "eval")["checks"]
     low, high = checks["space_aware_minus_uniform_vsibench_interval95"]
@@ -157,7 +162,7 @@ def test_too_few_rooms_per_task_gives_no_interval(capsys, tmp_path):
     assert result["vsibench"]["low"] is None and result["vsibench"]["high"] is None
     assert result["agree"] is None
     for name, run in (("a.jsonl", rows), ("b.jsonl", other)):
-        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+        _write_jsonl(tmp_path / name, run)
     assert main([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--rounds", "100"]) == 0
     assert "too few rooms" in capsys.readouterr().out
 
@@ -187,7 +192,7 @@ def test_bad_rows_are_one_line_errors(tmp_path, capsys, line):
 
 def test_unwritable_out_is_a_one_line_error(tmp_path, capsys):
     a = _run(0)
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in a.values()))
+    _write_jsonl(tmp_path / "a.jsonl", a)
     assert main([str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl"), "--rounds", "10",
                  "--out", str(tmp_path / "missing" / "diff.json")]) == 2
     captured = capsys.readouterr()
@@ -205,7 +210,7 @@ def test_an_arm_of_several_seeds_is_the_mean_of_its_runs(tmp_path, capsys):
     paths = {}
     for name, run in (("a0", a0), ("a1", a1), ("b0", b0), ("b1", b1)):
         paths[name] = tmp_path / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(r) + "\n" for r in run.values()))
+        _write_jsonl(paths[name], run)
     out = tmp_path / "pooled.json"
     assert main([f"{paths['a0']},{paths['a1']}", f"{paths['b0']},{paths['b1']}", "--rounds", "50",
                  "--out", str(out)]) == 0
@@ -214,6 +219,6 @@ def test_an_arm_of_several_seeds_is_the_mean_of_its_runs(tmp_path, capsys):
     # a "seed" that scores other questions is not a seed of the same arm: one line, exit 2
     other = {k.replace("test_", "val_"): {**v, "id": k.replace("test_", "val_")} for k, v in a1.items()}
     paths["other"] = tmp_path / "other.jsonl"
-    paths["other"].write_text("".join(json.dumps(r) + "\n" for r in other.values()))
+    _write_jsonl(paths["other"], other)
     assert main([f"{paths['a0']},{paths['other']}", str(paths["b0"])]) == 2
     assert "run 2 of one arm scores other questions" in capsys.readouterr().err

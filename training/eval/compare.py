@@ -62,6 +62,19 @@ def load_predictions(path: str | Path) -> Dict[str, dict]:
     return rows
 
 
+def question_mismatch(a: Mapping[str, dict], b: Mapping[str, dict]) -> str | None:
+    """None when B scores the questions of A (same ids, and each id the same task and answer);
+    otherwise what differs, as an error message."""
+    if set(a) != set(b):
+        only_a, only_b = len(set(a) - set(b)), len(set(b) - set(a))
+        return f"the runs score different questions ({only_a} only in A, {only_b} only in B)"
+    differ = [i for i in a if a[i]["task_type"] != b[i]["task_type"]
+              or str(a[i].get("answer", "")) != str(b[i].get("answer", ""))]
+    if differ:
+        return f"{len(differ)} question ids have another task or answer in B (e.g. {differ[0]}): not the same data set"
+    return None
+
+
 def average_runs(runs: Sequence[Mapping[str, dict]]) -> Dict[str, dict]:
     """Several {id: row} maps of one arm (seeds) -> one map whose scores are the per-question means.
     The runs must score the same questions with the same tasks and answers."""
@@ -69,10 +82,10 @@ def average_runs(runs: Sequence[Mapping[str, dict]]) -> Dict[str, dict]:
         raise ValueError("no runs to average")
     first = runs[0]
     for n, other in enumerate(runs[1:], start=2):
-        if set(other) != set(first) or any(other[i]["task_type"] != first[i]["task_type"]
-                                           or str(other[i].get("answer", "")) != str(first[i].get("answer", ""))
-                                           for i in first):
-            raise ValueError(f"run {n} of one arm scores other questions than run 1: not seeds of one data set")
+        mismatch = question_mismatch(first, other)
+        if mismatch:
+            raise ValueError(f"run {n} of one arm scores other questions than run 1 "
+                             f"(A = run 1, B = run {n}: {mismatch})")
     return {i: {**row, "score": sum(r[i]["score"] for r in runs) / len(runs)} for i, row in first.items()}
 
 
@@ -97,16 +110,11 @@ def compare(a: Mapping[str, dict], b: Mapping[str, dict], rounds: int = 2000, se
             level: float = 0.95) -> Dict:
     """Two {id: row} maps (rows with task_type, family, score) -> per-task and overall scores of
     each, B - A, and its `level` bootstrap interval over rooms. Scores in [0, 1]."""
-    if set(a) != set(b):
-        only_a, only_b = len(set(a) - set(b)), len(set(b) - set(a))
-        raise ValueError(f"the runs score different questions ({only_a} only in A, {only_b} only in B)")
-    if not a:
+    if not a and not b:
         raise ValueError("no questions to compare")
-    differ = [i for i in a if a[i]["task_type"] != b[i]["task_type"]
-              or str(a[i].get("answer", "")) != str(b[i].get("answer", ""))]
-    if differ:
-        raise ValueError(f"{len(differ)} question ids have another task or answer in B (e.g. {differ[0]}): "
-                         "not the same data set")
+    mismatch = question_mismatch(a, b)
+    if mismatch:
+        raise ValueError(mismatch)
     ids = sorted(a)
     rooms = sorted({room_of(i) for i in ids})
     tasks = sorted({a[i]["task_type"] for i in ids})
