@@ -53,7 +53,10 @@ def run_stage(stage: str, mode: str, data: str, steps: int, out_dir: Path) -> di
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset root (default: a self-made fixture in a temp folder)")
-    p.add_argument("--modes", default="cuda-bf16,cuda-fp32,cpu", help=f"comma list of {sorted(MODES)}")
+    p.add_argument("--modes", default="",
+                   help=f"comma list of {sorted(MODES)}; default: all three on a CUDA machine. Without a "
+                        "GPU the default measures nothing and leaves train_devices.json (the GPU run's "
+                        "figures) as it is: `make bench` on a CPU machine; pass --modes cpu to time the CPU")
     p.add_argument("--stages", default="sft,grpo", help="comma list of sft, grpo")
     p.add_argument("--steps", type=int, default=40, help="training steps per run")
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of the median")
@@ -61,7 +64,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    modes = [m for m in args.modes.split(",") if m]
+    if not args.modes and not torch.cuda.is_available():
+        print("bench_train_device: no CUDA GPU here, nothing timed (train_devices.json comes from "
+              "benchmarks/gpu_check.sh on a GPU machine; --modes cpu times this CPU)", file=sys.stderr)
+        return 0
+    modes = [m for m in (args.modes or ",".join(MODES)).split(",") if m]
     if any(m not in MODES for m in modes) or args.steps <= args.warmup:
         print(f"bench_train_device: modes must be in {sorted(MODES)} and --steps > --warmup", file=sys.stderr)
         return 1
