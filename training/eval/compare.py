@@ -110,11 +110,11 @@ def compare(a: Mapping[str, dict], b: Mapping[str, dict], rounds: int = 2000, se
             level: float = 0.95) -> Dict:
     """Two {id: row} maps (rows with task_type, family, score) -> per-task and overall scores of
     each, B - A, and its `level` bootstrap interval over rooms. Scores in [0, 1]."""
-    if not a and not b:
-        raise ValueError("no questions to compare")
     mismatch = question_mismatch(a, b)
     if mismatch:
         raise ValueError(mismatch)
+    if not a:
+        raise ValueError("no questions to compare")
     ids = sorted(a)
     rooms = sorted({room_of(i) for i in ids})
     tasks = sorted({a[i]["task_type"] for i in ids})
