@@ -82,20 +82,22 @@ def open_store(cfg: dict, out_dir: Path, model, encoder):
 
 def select_records(records: list[dict], scfg: dict) -> list[dict]:
     """The stage's training rows: only_tasks / skip_tasks / skip_families filter them, and
-    repeat_families {family: n} lists each row of that family n times per epoch (the frame cache
-    is keyed by frames, so repeats cost no memory). Repeats keep the grounding questions a sizeable
+    repeat_families {family: n} lists each row of that family n times per epoch, and repeat_tasks
+    {task: n} a task's rows n times, in place of its family's count (the frame cache is keyed by
+    frames, so repeats cost no memory). Repeats keep the grounding questions a sizeable
     share of the VSI mix, so reading the frames, learned in the align stage, keeps being rewarded."""
     from training.qa_records import task_family
 
     only, skip = set(scfg.get("only_tasks", [])), set(scfg.get("skip_tasks", []))
     skip_fam = set(scfg.get("skip_families", []))
     repeat = {str(k): int(v) for k, v in scfg.get("repeat_families", {}).items()}
+    repeat_task = {str(k): int(v) for k, v in scfg.get("repeat_tasks", {}).items()}
     out = []
     for r in records:
         fam, task = r.get("family", "vsibench"), task_family(r)
         if (only and task not in only) or task in skip or fam in skip_fam:
             continue
-        out += [r] * repeat.get(fam, 1)
+        out += [r] * (repeat_task[task] if task in repeat_task else repeat.get(fam, 1))
     return out
 
 
@@ -134,7 +136,7 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     if env.is_main:
         print(f"cached_sft: {stats['frame_sets']} frame sets, {stats['from_store']} read from "
               f"{store.dir if store is not None else 'no store'}, {stats['encoded']} encoded")
-    val = spread(select_records(load_qa_records(dcfg, split="val"), {**scfg, "repeat_families": {}}),
+    val = spread(select_records(load_qa_records(dcfg, split="val"), {**scfg, "repeat_families": {}, "repeat_tasks": {}}),
                  int(scfg.get("eval_limit", 240)))
     if val:
         precompute(cache, val, "encode val frames", env.is_main, store)

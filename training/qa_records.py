@@ -77,7 +77,9 @@ def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None
 
     'uniform' (C's uniform_sample), 'all', or 'space_aware': C's voxel max-coverage over the
     scene's sensor depth + poses (data engine scenes rendered with --save-depth; the node's
-    path with a depth camera), falling back to uniform when the scene has no depth."""
+    path with a depth camera), falling back to uniform when the scene has no depth; with
+    data.space_aware_picks, the picks of a model's own geometry read from that file (the node's
+    path without a depth camera; training/model_picks.py)."""
     from ros2_spatial_mllm.sampling import uniform_sample
 
     if mode == "all" or n <= k:
@@ -102,6 +104,8 @@ def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None
     if mode == "space_aware" and rec is not None:
         if rec.get("space_aware_indices"):
             return sorted(int(i) for i in rec["space_aware_indices"])[:k]
+        if (data_cfg or {}).get("space_aware_picks"):
+            return _model_picks(rec, data_cfg, n, k)
         chosen = _sensor_space_aware(rec, data_cfg or {}, k)
         if chosen is not None:
             return chosen
@@ -109,6 +113,26 @@ def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None
 
 
 _VOXEL_CACHE: dict[tuple, list] = {}
+_PICKS: dict[str, dict] = {}
+
+
+def _model_picks(rec: dict, data_cfg: dict, n: int, k: int) -> list[int]:
+    """Positions picked by the model's own geometry (data.space_aware_picks: a file written by
+    `python -m training.model_picks`), as the node picks at query time. A video missing from the
+    file, or picks made for another K, is an error: falling back would silently mix samplers."""
+    from training.model_picks import picks_key
+
+    path = str(data_cfg["space_aware_picks"])
+    if path not in _PICKS:
+        _PICKS[path] = json.loads(Path(path).read_text())
+    doc = _PICKS[path]
+    if int(doc.get("num_frames", k)) != k:
+        raise ValueError(f"{path}: picks are for {doc.get('num_frames')} frames, data.num_frames is {k}")
+    idx = rec.get("frame_indices") or list(range(n))
+    key = picks_key(rec.get("frames_path", ""), idx)
+    if key not in doc["picks"]:
+        raise ValueError(f"{path}: no picks for {key} (rerun python -m training.model_picks on this split)")
+    return list(doc["picks"][key])
 
 
 def _sensor_space_aware(rec: dict, data_cfg: dict, k: int) -> list[int] | None:

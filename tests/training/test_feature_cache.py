@@ -117,6 +117,9 @@ def test_select_records_filters_tasks_and_repeats_families():
     assert ids({"skip_tasks": ["object_counting"], "skip_families": ["grounding"]}) == ["v2"]
     assert ids({"repeat_families": {"grounding": 3}, "skip_tasks": ["grounding_caption"]}) == ["v1", "v2", "g1", "g1", "g1"]
     assert ids({"repeat_families": {"vsibench": 0}}) == ["g1", "g2"]  # 0 drops a family
+    # a task's own count replaces its family's
+    assert ids({"repeat_families": {"grounding": 2}, "repeat_tasks": {"grounding_caption": 1, "object_counting": 3}}) \
+        == ["v1", "v1", "v1", "v2", "g1", "g1", "g2"]
 
 
 def test_cached_sft_trains_connector_and_llm_only(setup, tmp_path):
