@@ -1,7 +1,7 @@
 """Space-aware frame picks from a model's own geometry, for training on the frames the node picks.
 
     python -m training.model_picks --data runs/data/tiny_frames --split train val \
-        --out runs/data/tiny_frames/model_picks.json                    # embedded model, ~8 min
+        --out runs/data/tiny_frames/model_picks.json                    # embedded model, ~7 min
     python -m training.model_picks --data DIR --model CKPT --limit 4 --out /tmp/picks.json   # tiny CPU run
 
 Space-aware sampling in the node (and in `spatial-mllm-eval --sampling space_aware`) picks K of a
