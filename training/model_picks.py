@@ -37,16 +37,16 @@ def compute_picks(model, data_dir: Path, splits, k: int, limit: int = 0, progres
     selector = FrameSelector(model, data_dir, k, "space_aware")
     out: dict[str, list[int]] = {}
     for split in splits:
-        videos: dict[str, list[int]] = {}
+        videos: dict[str, tuple[str, list[int]]] = {}     # key -> (frames dir, candidate frames)
         for rec in load_qa_records({"root": str(data_dir)}, split=split):
             idx = [int(i) for i in (rec.get("frame_indices") or range(int(rec.get("num_frames", 0))))]
             if rec.get("frames_path") and len(idx) > k:
-                videos.setdefault(picks_key(rec["frames_path"], idx), idx)
+                videos.setdefault(picks_key(rec["frames_path"], idx), (rec["frames_path"], idx))
         if not videos:
             raise ValueError(f"{data_dir}: no {split} question with a video of more than {k} frames")
         items = list(videos.items())[: limit or None]
-        for key, idx in tqdm(items, desc=f"model picks ({split})", disable=not progress, mininterval=5):
-            chosen = selector.select(key.split("|")[0], idx)
+        for key, (frames_path, idx) in tqdm(items, desc=f"model picks ({split})", disable=not progress, mininterval=5):
+            chosen = selector.select(frames_path, idx)
             pos = {f: p for p, f in enumerate(idx)}
             out[key] = sorted(pos[f] for f in chosen)
     return out
