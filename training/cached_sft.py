@@ -125,6 +125,10 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     if env.is_main:
         print("cached_sft: trainable parameters per component:", counts)
     dcfg = cfg.get("data", {})
+    if dcfg.get("space_aware_picks"):  # picks of another model's geometry are not the frames this one picks
+        from training.model_picks import check_picks
+
+        check_picks(dcfg["space_aware_picks"], model)
     records = load_qa_records(dcfg, split=dcfg.get("train_split", "train"))
     records = select_records(records, scfg)
     if not records:

@@ -25,26 +25,43 @@ FIELDS = ("video", "spatial", "grid", "second_per_grid_ts")
 FROZEN_COMPONENTS = ("vision", "vision_merger", "spatial_encoder")
 
 
-def encoder_fingerprint(model: torch.nn.Module, video_cfg: object = None) -> str:
+# Parts of the spatial encoder that read its tokens but never feed them: the pair-pose head (added
+# after SFT, training/pair_pose.py) changes the predicted cameras, not the cached visual tokens.
+# Its config keys are hashed at their defaults (VGGTConfig: no head), so a model without the head
+# keeps the fingerprint it had before the head was left out, and the stores written for it.
+TOKEN_NEUTRAL_TENSORS = ".pair_pose_head."
+TOKEN_NEUTRAL_CONFIG = {"pair_pose_head": False, "pair_pose_dim": 64}
+
+
+def encoder_fingerprint(model: torch.nn.Module, video_cfg: object = None, tokens_only: bool = True) -> str:
     """sha256 (hex) over the frozen encoders' tensors (trainer_utils.state_dict_hash), the model
-    config and the video-processing config: equal fingerprints mean equal cached features."""
+    config and the video-processing config: equal fingerprints mean equal cached features.
+    tokens_only leaves out the pair-pose head, so a stage after the head (the pipeline's polish
+    stage) reads the store the SFT stage wrote; tokens_only=False covers every encoder tensor, as
+    the predicted geometry (and so the frames space-aware sampling picks) depends on them all."""
     from training.trainer_utils import component_of, state_dict_hash
 
-    h = hashlib.sha256(state_dict_hash(model, keep=lambda name: component_of(name) in FROZEN_COMPONENTS).encode())
+    def keep(name: str) -> bool:
+        return component_of(name) in FROZEN_COMPONENTS and not (tokens_only and TOKEN_NEUTRAL_TENSORS in name)
+
+    h = hashlib.sha256(state_dict_hash(model, keep=keep).encode())
     config = getattr(model, "config", None)
     # the LLM's own config does not change what the encoders compute (an LLM of another depth
     # reads the same cached features)
-    encoders = {k: v for k, v in _public(config.to_dict()).items() if k != "text_config"} if config is not None else {}
+    neutral = TOKEN_NEUTRAL_CONFIG if tokens_only else {}
+    encoders = {k: v for k, v in _public(config.to_dict(), neutral).items() if k != "text_config"} if config is not None else {}
     h.update(json.dumps(encoders, sort_keys=True, default=str).encode())
     h.update(repr(video_cfg).encode())  # a dataclass: its repr lists every field
     return h.hexdigest()
 
 
-def _public(d):
+def _public(d, neutral: dict | None = None):
     """A config dict without bookkeeping keys ('_name_or_path' names the checkpoint a stage
-    started from, not what its encoders compute)."""
+    started from, not what its encoders compute), the keys in `neutral` set to its values."""
+    neutral = neutral or {}
     if isinstance(d, dict):
-        return {k: _public(v) for k, v in d.items() if not str(k).startswith("_") and k != "transformers_version"}
+        return {k: neutral[k] if k in neutral else _public(v, neutral) for k, v in d.items()
+                if not str(k).startswith("_") and k != "transformers_version"}
     return d
 
 

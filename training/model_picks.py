@@ -10,7 +10,9 @@ training mix (`data.frame_sampling: mixed`) draws its space-aware sets from the 
 instead, which covers the room better (docs/frame_signal.md) and so is not what the model meets
 at query time. This writes, per video of the chosen splits, the positions the model's own
 geometry picks; `data.space_aware_picks: FILE` makes `mixed` and `space_aware` use them.
-The file records the model's encoder fingerprint: the picks are only valid for that encoder.
+The file records the fingerprint of the model's encoders, pair-pose head included (the cameras
+come from it): a training stage whose model has other encoders refuses the file
+(`check_picks`). The pipeline's polish stage writes it for the model it continues.
 """
 from __future__ import annotations
 
@@ -52,6 +54,53 @@ def compute_picks(model, data_dir: Path, splits, k: int, limit: int = 0, progres
     return out
 
 
+def geometry_fingerprint(model) -> str:
+    """Fingerprint of every encoder tensor and the encoders' config, pair-pose head included
+    (feature_store.encoder_fingerprint with tokens_only=False, no video config: the selector
+    resizes frames with the model's own processing config)."""
+    from training.feature_store import encoder_fingerprint
+
+    return encoder_fingerprint(model, None, tokens_only=False)
+
+
+def write_picks(model_dir, data_dir: Path, splits, k: int, out: Path, limit: int = 0, progress: bool = True,
+                reuse: bool = False) -> dict:
+    """Compute the picks of the checkpoint in model_dir (None: the embedded tiny model) and write
+    {num_frames, data, splits, limit, model, geometry_fingerprint, picks} to `out`; returns that
+    document. reuse: keep an existing `out` made by the same encoders for the same data, K, splits, limit."""
+    from ros2_spatial_mllm.inference import SpatialMLLM
+    from training.qa_records import forget_picks
+
+    model = SpatialMLLM.load(None if model_dir is None else str(model_dir), preset="tiny")
+    fingerprint = geometry_fingerprint(model.model)
+    if reuse and out.is_file():
+        doc = json.loads(out.read_text())
+        if (doc.get("geometry_fingerprint"), doc.get("data"), doc.get("num_frames"), doc.get("splits"),
+                doc.get("limit")) == (fingerprint, str(data_dir), k, list(splits), limit):
+            return doc
+    picks = compute_picks(model, Path(data_dir), splits, k, limit, progress)
+    doc = {"num_frames": k, "data": str(data_dir), "splits": list(splits), "limit": limit,
+           "model": str(model_dir) if model_dir else "embedded tiny", "geometry_fingerprint": fingerprint,
+           "picks": picks}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(out)  # a half-written file is never read as picks
+    forget_picks(out)
+    return doc
+
+
+def check_picks(path, model) -> None:
+    """Raise ValueError unless the picks file was made by a model with `model`'s encoders."""
+    doc = json.loads(Path(path).read_text())
+    made_by = doc.get("geometry_fingerprint")
+    if made_by is None:
+        raise ValueError(f"{path}: no geometry fingerprint (an older picks file): rerun python -m training.model_picks")
+    if made_by != geometry_fingerprint(model):
+        raise ValueError(f"{path}: picks were made by {doc.get('model', 'another model')}, whose encoders differ from "
+                         f"this stage's model (rerun python -m training.model_picks --model <this model>)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="data engine root (train.jsonl, val.jsonl, scenes/)")
@@ -63,20 +112,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
-        from ros2_spatial_mllm.inference import SpatialMLLM
-        from training.feature_store import encoder_fingerprint
-
-        model = SpatialMLLM.load(args.model, preset="tiny")
         t0 = time.perf_counter()
-        picks = compute_picks(model, Path(args.data), args.split, args.num_frames, args.limit, not args.no_progress)
-        doc = {"num_frames": args.num_frames, "model": args.model or "embedded tiny",
-               "encoder": encoder_fingerprint(model.model, model.processing), "picks": picks}
+        doc = write_picks(args.model, Path(args.data), args.split, args.num_frames, Path(args.out), args.limit,
+                          not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"model_picks: {e}", file=sys.stderr)
         return 2
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc))
-    print(f"model_picks: {len(picks)} videos in {time.perf_counter() - t0:.0f} s -> {args.out}")
+    print(f"model_picks: {len(doc['picks'])} videos in {time.perf_counter() - t0:.0f} s -> {args.out}")
     return 0
 
 

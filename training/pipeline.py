@@ -1,7 +1,7 @@
-"""The trained default: data -> geometry pre-training -> SFT -> (optional GRPO) -> export ->
+"""The trained default: data -> geometry pre-training -> SFT -> (optional GRPO, polish) -> export ->
 evaluation tables, one command with a fixed seed.
 
-    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~2 h, 2 CPU cores
+    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~2-2.5 h, 2 CPU cores
     spatial-mllm-train default --config training/configs/tiny_smoke.yaml         # minutes
 
 Steps (each resumable: a finished step is skipped when its `final/` exists, unless force):
@@ -15,6 +15,8 @@ Steps (each resumable: a finished step is skipped when its `final/` exists, unle
   4b. pair_pose optional (pair_pose.enabled): the spatial encoder's pair-pose head trained on the
                final model's frozen tokens (pair_pose.py); only the head is new, so the weights
                the language model uses are unchanged
+  4c. polish   optional (polish.enabled): cached SFT continued from that model, part of the
+               whole-video questions on the frames its own geometry picks (run_polish)
   5. export    official-layout checkpoint into export.dir (ros2_spatial_mllm/assets/tiny for the
                shipped default), float32 safetensors, size checked against export.max_mb
   6. eval      test split with the data engine's evaluator at the same frame count with uniform
@@ -35,8 +37,8 @@ from training.trainer_utils import deep_update
 
 def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
     stage = deep_update({k: v for k, v in cfg.items()
-                         if k not in ("geometry", "semantic", "align", "sft", "cached_sft", "grpo", "pair_pose", "export",
-                                       "eval")},
+                         if k not in ("geometry", "semantic", "align", "sft", "cached_sft", "grpo", "pair_pose", "polish",
+                                       "export", "eval")},
                         {"output_dir": str(out / name), name: cfg.get(name, {})})
     if init is not None:
         model = {**stage.get("model", {}), "init": init}
@@ -64,9 +66,10 @@ def _weights_digest(model_dir: Path) -> str:
 
 
 def _made_from_other_weights(out: Path, name: str, digest: str) -> bool:
-    """A finished stage whose input.json does not record `digest` (or is missing) is stale."""
+    """A stage folder (finished or interrupted) whose input.json does not record `digest` (or is
+    missing) is stale."""
     marker = out / name / "input.json"
-    if not _done(out, name):
+    if not (out / name).is_dir():
         return False
     return not marker.is_file() or json.loads(marker.read_text()).get("sha256") != digest
 
@@ -266,6 +269,45 @@ def export_model(model_dir: Path, export_dir: Path, max_mb: float) -> dict:
     return {"dir": str(export_dir), "safetensors_mb": round(size, 2)}
 
 
+def _redo_if_stale(out: Path, name: str, init: str, force: bool) -> bool:
+    """Whether stage `name` (a whole model made from `init`) must run: not finished, or forced.
+    A folder made from other weights is cleared first, checkpoints of an interrupted run too
+    (--resume auto must not continue them on another model): input.json records init's digest
+    before the stage starts."""
+    digest = _weights_digest(Path(init))
+    if _made_from_other_weights(out, name, digest):
+        import shutil
+        shutil.rmtree(out / name)
+    run = force or not _done(out, name)
+    if run:
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "input.json").write_text(json.dumps({"init": init, "sha256": digest}))
+    return run
+
+
+def run_polish(cfg: dict, out: Path, init: str, data_root: Path, force: bool) -> str:
+    """The polish stage: cached SFT continued from the finished model (its pair-pose head
+    included), with `polish.space_aware_share` of the whole-video questions on the frames that
+    model's own geometry picks (training/model_picks.py; the node's path without a depth camera).
+    Its settings are cached_sft's with the `polish` block on top; it reads the SFT stage's feature
+    store (the head does not change the cached tokens). Returns the final checkpoint dir."""
+    from training.cached_sft import run_cached_sft
+    from training.model_picks import write_picks
+
+    pcfg = dict(cfg["polish"])
+    if _redo_if_stale(out, "polish", init, force):
+        picks = out / "polish" / "model_picks.json"  # kept when a resumed stage finds it made by this model
+        k = int(cfg.get("data", {}).get("num_frames", 8))
+        write_picks(init, data_root, pcfg.pop("picks_splits", ["train", "val"]), k, picks, reuse=True)
+        stage = _stage_cfg(cfg, "polish", out, init)
+        stage["data"] = {**stage.get("data", {}), "space_aware_picks": str(picks),
+                         "space_aware_share": float(pcfg.pop("space_aware_share", 0.5))}
+        stage["polish"] = deep_update(cfg.get("cached_sft", {}), pcfg)
+        stage.setdefault("feature_store", str(out / "feature_store"))  # the SFT stage's store
+        run_cached_sft(stage, section="polish")
+    return str(out / "polish" / "final")
+
+
 def run_default(cfg: dict) -> dict:
     from training.geometry_pretrain import run_geometry
     from training.sft import run_sft
@@ -291,13 +333,14 @@ def run_default(cfg: dict) -> dict:
             run_cached_sft(_stage_cfg(cfg, "align", out, init), section="align")
         init = str(out / "align" / "final")
     sft_stage = "cached_sft" if cfg.get("cached_sft", {}).get("enabled", False) else "sft"
-    if force or not _done(out, sft_stage):
-        if sft_stage == "cached_sft":  # frozen encoders, SFT on cached visual tokens
-            from training.cached_sft import run_cached_sft
-            run_cached_sft(_stage_cfg(cfg, "cached_sft", out, init))
-        else:
-            run_sft(_stage_cfg(cfg, "sft", out, init))
-    init = str(out / sft_stage / "final")
+    if sft_stage == "cached_sft" or cfg.get("sft", {}).get("enabled", True):  # sft.enabled: false skips it
+        if force or not _done(out, sft_stage):
+            if sft_stage == "cached_sft":  # frozen encoders, SFT on cached visual tokens
+                from training.cached_sft import run_cached_sft
+                run_cached_sft(_stage_cfg(cfg, "cached_sft", out, init))
+            else:
+                run_sft(_stage_cfg(cfg, "sft", out, init))
+        init = str(out / sft_stage / "final")
     if cfg.get("grpo", {}).get("enabled", False):
         from training.grpo import run_grpo
         if force or not _done(out, "grpo"):
@@ -307,15 +350,11 @@ def run_default(cfg: dict) -> dict:
         from training.pair_pose import run_pair_pose
         # pair_pose/final is a whole model: redo the head when the model it was added to has
         # changed (e.g. cached_sft deleted and rerun), or the export would carry the old weights
-        marker, digest = out / "pair_pose" / "input.json", _weights_digest(Path(init))
-        stale = _made_from_other_weights(out, "pair_pose", digest)
-        if force or stale or not _done(out, "pair_pose"):
-            if stale:
-                import shutil
-                shutil.rmtree(out / "pair_pose")
+        if _redo_if_stale(out, "pair_pose", init, force):
             run_pair_pose(_stage_cfg(cfg, "pair_pose", out, init))
-            marker.write_text(json.dumps({"init": init, "sha256": digest}))
         init = str(out / "pair_pose" / "final")
+    if cfg.get("polish", {}).get("enabled", False):
+        init = run_polish(cfg, out, init, data_root, force)
     result = {"final_dir": init}
     if int(__import__("os").environ.get("RANK", "0")) > 0:
         return result  # export and evaluation run once, on rank 0

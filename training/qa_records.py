@@ -116,6 +116,11 @@ _VOXEL_CACHE: dict[tuple, list] = {}
 _PICKS: dict[str, dict] = {}
 
 
+def forget_picks(path) -> None:
+    """Drop a picks file read earlier in this process (it has just been rewritten)."""
+    _PICKS.pop(str(path), None)
+
+
 def _model_picks(rec: dict, data_cfg: dict, n: int, k: int) -> list[int]:
     """Positions picked by the model's own geometry (data.space_aware_picks: a file written by
     `python -m training.model_picks`), as the node picks at query time. A video missing from the

@@ -57,18 +57,31 @@ def test_growth_is_idempotent_and_refuses_what_it_cannot_do(tmp_path):
 
 def test_shipped_model_has_an_encoder_fingerprint():
     """The shipped spatial encoder holds a 0-d tensor (the pair-pose head's log temperature);
-    fine-tuning from the shipped weights fingerprints its frozen encoders, and that tensor counts."""
+    fine-tuning from the shipped weights fingerprints its frozen encoders. The head changes the
+    cameras, not the cached tokens: the store's fingerprint leaves it out (so the polish stage
+    reads the SFT stage's store, made before the head existed), the geometry fingerprint of the
+    frame picks counts it."""
     from training.feature_store import encoder_fingerprint
     from training.trainer_utils import state_dict_hash
 
     model, _ = build_model({"init": str(TINY_ASSETS_DIR)})
     scalar = model.spatial_encoder.vggt_model.pair_pose_head.log_temperature
     assert scalar.dim() == 0
-    before = encoder_fingerprint(model)
+    tokens, full = encoder_fingerprint(model), encoder_fingerprint(model, tokens_only=False)
     whole = state_dict_hash(model)
     with torch.no_grad():
         scalar.add_(1e-3)
-    assert encoder_fingerprint(model) != before and state_dict_hash(model) != whole
+    assert encoder_fingerprint(model, tokens_only=False) != full and state_dict_hash(model) != whole
+    assert encoder_fingerprint(model) == tokens
+    # the model as the SFT stage left it (no head, config without one) keys the same store entries
+    model.config.spatial_config.pair_pose_head = False
+    model.spatial_encoder.vggt_model.pair_pose_head = None
+    assert encoder_fingerprint(model) == tokens
+    # and without a head both fingerprints agree: stores keyed before the head was left out stay valid
+    assert encoder_fingerprint(model, tokens_only=False) == tokens
+    with torch.no_grad():  # any tensor that feeds the tokens still counts
+        next(model.spatial_encoder.parameters()).view(-1)[0] += 1e-3
+    assert encoder_fingerprint(model) != tokens
 
 
 def test_fresh_llm_on_shipped_encoders_only_in_the_first_stage(tmp_path):

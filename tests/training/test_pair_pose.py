@@ -144,3 +144,25 @@ def test_pipeline_redoes_the_head_when_the_model_under_it_changed(tmp_path):
     assert not _made_from_other_weights(tmp_path, "pair_pose", digest)
     (model / "model-00001-of-00001.safetensors").write_bytes(b"weights v2")     # SFT rerun
     assert _made_from_other_weights(tmp_path, "pair_pose", _weights_digest(model))
+
+
+def test_an_interrupted_stage_on_other_weights_is_cleared_before_it_resumes(tmp_path):
+    """_redo_if_stale records the input's digest before the stage runs: checkpoints left by an
+    interrupted run on other weights are removed (--resume auto would continue them), and a
+    finished stage on the same weights is kept."""
+    from training.pipeline import _redo_if_stale
+
+    model = tmp_path / "sft_final"
+    model.mkdir()
+    (model / "model-00001-of-00001.safetensors").write_bytes(b"weights v1")
+    assert _redo_if_stale(tmp_path, "polish", str(model), force=False)
+    (tmp_path / "polish" / "checkpoint-500").mkdir()                            # interrupted at step 500
+    assert _redo_if_stale(tmp_path, "polish", str(model), force=False)           # same weights: resumable
+    assert (tmp_path / "polish" / "checkpoint-500").is_dir()
+    (model / "model-00001-of-00001.safetensors").write_bytes(b"weights v2")     # the model under it changed
+    assert _redo_if_stale(tmp_path, "polish", str(model), force=False)
+    assert not (tmp_path / "polish" / "checkpoint-500").exists()
+    (tmp_path / "polish" / "final").mkdir()
+    (tmp_path / "polish" / "final" / "config.json").write_text("{}")
+    assert not _redo_if_stale(tmp_path, "polish", str(model), force=False)       # finished on these weights
+    assert _redo_if_stale(tmp_path, "polish", str(model), force=True)
