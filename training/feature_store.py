@@ -15,11 +15,14 @@ newlines). safetensors only: nothing here unpickles.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import torch
+
+from ros2_spatial_mllm.model.vggt.config import VGGTConfig
 
 FIELDS = ("video", "spatial", "grid", "second_per_grid_ts")
 FROZEN_COMPONENTS = ("vision", "vision_merger", "spatial_encoder")
@@ -30,7 +33,8 @@ FROZEN_COMPONENTS = ("vision", "vision_merger", "spatial_encoder")
 # Its config keys are hashed at their defaults (VGGTConfig: no head), so a model without the head
 # keeps the fingerprint it had before the head was left out, and the stores written for it.
 TOKEN_NEUTRAL_TENSORS = ".pair_pose_head."
-TOKEN_NEUTRAL_CONFIG = {"pair_pose_head": False, "pair_pose_dim": 64}
+TOKEN_NEUTRAL_CONFIG = {f.name: f.default for f in dataclasses.fields(VGGTConfig)
+                        if f.name in ("pair_pose_head", "pair_pose_dim")}
 
 
 def encoder_fingerprint(model: torch.nn.Module, video_cfg: object = None, tokens_only: bool = True) -> str:
