@@ -55,18 +55,62 @@ def batch_records(n: int, batch_size: int, seed: int, step: int, rank: int = 0, 
     return out
 
 
-def precompute(cache: VisualFeatureCache, recs: list[dict], desc: str, show: bool = True, store=None) -> dict:
+def precompute(cache: VisualFeatureCache, recs: list[dict], desc: str, show: bool = True, store=None,
+               env=None) -> dict:
     """Encode every distinct frame set of `recs` once (the only encoder passes of the stage).
-    With a FeatureStore, stored entries are read instead and new ones written back.
+    With a FeatureStore, stored entries are read instead and new ones written back; with several
+    ranks (`env`) and a store, each rank encodes its share of the new sets, the ranks write their
+    shards one after another, and every rank then reads the others' sets from the store.
     Returns {'frame_sets', 'from_store', 'encoded'}."""
     keys = list(dict.fromkeys(cache.frame_key(r) for r in recs))
+    world = env.world_size if env is not None and store is not None else 1
+    rank = env.rank if world > 1 else 0
+    if world > 1:  # one snapshot of the store for every rank: no rank writes before all have read it
+        env.barrier()
+        store.refresh()
     loaded = store.load_into(cache.features, keys) if store is not None else 0
     todo = [k for k in keys if k not in cache.features]
-    for k in tqdm(todo, desc=desc, disable=not show, dynamic_ncols=True):
-        cache.visual(k)
+    mine = todo[rank::world]
+    with tqdm(total=len(mine), desc=desc, disable=not show, dynamic_ncols=True) as bar:
+        cache.encode_many(mine, on_batch=bar.update)
     if store is not None and todo:
-        store.save(cache.features, todo)
+        for turn in range(world):  # one writer at a time: shard names and the index belong to the store
+            if world > 1:
+                env.barrier()
+            if turn == rank:
+                if world > 1:
+                    store.refresh()
+                store.save(cache.features, mine)
+        if world > 1:
+            env.barrier()
+            store.refresh()
+            store.load_into(cache.features, todo)
     return {"frame_sets": len(keys), "from_store": loaded, "encoded": len(todo)}
+
+
+def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Mean of each gradient over the ranks, in one all-reduce. A parameter with no gradient on
+    any rank keeps none (AdamW then skips it, as in one process); one with a gradient on some
+    ranks only counts zeros for the others. The cached loss calls model.model / lm_head and the
+    auxiliary heads directly, so no DDP wrapper does this."""
+    import torch.distributed as dist
+
+    present = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
+    dist.all_reduce(present)
+    used = [p for p, n in zip(params, present.tolist()) if n > 0]
+    if not used:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in used])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in used:
+        part = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+        if p.grad is None:
+            p.grad = part.clone()
+        else:
+            p.grad.copy_(part)
+        offset += p.numel()
 
 
 def open_store(cfg: dict, out_dir: Path, model, encoder):
@@ -111,8 +155,6 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     from training.qa_records import load_qa_records
 
     env, scfg, seed, out_dir = start_stage(cfg, section, device="cpu", default_out="runs/cached_sft")
-    if env.world_size > 1:  # the loss calls model.model / lm_head directly, bypassing a DDP wrapper
-        raise RuntimeError("cached_sft runs in one process (its steps are cheap); launch it without torchrun")
     model, assets_dir = build_model(cfg.get("model", {}))
     if scfg.get("zero_init_connector", False):
         # the spatial branch starts silent, so the (semantic) 2D tokens are not buried under it;
@@ -136,14 +178,14 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     encoder = ExampleEncoder(model, assets_dir, dcfg, seed=seed)
     cache = cache_cls(model, encoder)
     store = open_store(cfg, out_dir, model, encoder)
-    stats = precompute(cache, records, "encode train frames", env.is_main, store)
+    stats = precompute(cache, records, "encode train frames", env.is_main, store, env)
     if env.is_main:
         print(f"cached_sft: {stats['frame_sets']} frame sets, {stats['from_store']} read from "
               f"{store.dir if store is not None else 'no store'}, {stats['encoded']} encoded")
     val = spread(select_records(load_qa_records(dcfg, split="val"), {**scfg, "repeat_families": {}, "repeat_tasks": {}}),
                  int(scfg.get("eval_limit", 240)))
     if val:
-        precompute(cache, val, "encode val frames", env.is_main, store)
+        precompute(cache, val, "encode val frames", env.is_main, store, env)
     acfg = scfg.get("aux", {})
     heads = targets = None
     if acfg.get("enabled", False):  # auxiliary grounding targets (training/aux_heads.py)
@@ -160,6 +202,14 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
         groups = groups + [{"params": list(heads.parameters()), "lr": float(acfg.get("lr", 1e-3)),
                             "weight_decay": 0.0, "name": "aux_heads"}]
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_sync = None
+    if env.distributed:  # data parallel: rank r takes rows [r*bs, (r+1)*bs) of each step's world*bs
+        import torch.distributed as dist
+
+        for p in trainable:  # one starting point (the auxiliary heads are drawn per process)
+            dist.broadcast(p.data, 0)
+        grad_sync = functools.partial(average_gradients, trainable, env.world_size)
     max_steps = int(scfg.get("max_steps", 100))
     scheduler = cosine_with_warmup(optimizer, int(scfg.get("warmup_steps", max(1, max_steps * 3 // 100))), max_steps)
     bs = int(scfg.get("batch_size", 16))
@@ -195,7 +245,8 @@ def run_cached_sft(cfg: dict, section: str = "cached_sft", cache_cls=VisualFeatu
     loop_cfg.plot_keys = ("loss", "token_acc", "lr", "grad_norm")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = train_loop(loop_cfg, env, model, optimizer, scheduler, compute_loss, processor=assets_dir,
-                        on_step_end=on_step_end, training_modules={"aux_heads": heads} if heads is not None else None)
+                        on_step_end=on_step_end, training_modules={"aux_heads": heads} if heads is not None else None,
+                        grad_sync=grad_sync)
     return {**result, "trainable": counts, "signal": signal_log[-1] if signal_log else None}
 
 

@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.stage == "semantic":
         from training.semantic_pretrain import run_semantic
         return run_semantic(cfg)
-    if args.stage == "cached-sft":
+    if args.stage == "cached-sft":  # cached_section: the block it reads (the pipeline's align / polish)
         from training.cached_sft import run_cached_sft
-        return run_cached_sft(cfg)
+        return run_cached_sft(cfg, section=str(cfg.get("cached_section", "cached_sft")))
     if args.stage == "sft":
         from training.sft import run_sft
         return run_sft(cfg)

@@ -76,10 +76,14 @@ class FeatureStore:
         self.fingerprint = fingerprint
         self.dir = Path(root) / fingerprint[:20]
         self.index_path = self.dir / "index.json"
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Re-)read the index: shards another process has written since count too."""
         self.shards: dict[str, list[str]] = {}
         if self.index_path.exists():
             index = json.loads(self.index_path.read_text())
-            if index.get("fingerprint") == fingerprint:
+            if index.get("fingerprint") == self.fingerprint:
                 self.shards = {str(k): list(v) for k, v in index.get("shards", {}).items()}
         self.where = {key: (shard, j) for shard, keys in self.shards.items() for j, key in enumerate(keys)}
 

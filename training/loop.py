@@ -62,12 +62,15 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
                scheduler: Any, compute_loss: Callable[[int, int], tuple[torch.Tensor, dict]],
                processor: Any = None, ddp_module: torch.nn.Module | None = None,
                on_step_end: Callable[[int, dict], None] | None = None,
-               training_modules: dict[str, torch.nn.Module] | None = None) -> dict:
+               training_modules: dict[str, torch.nn.Module] | None = None,
+               grad_sync: Callable[[], None] | None = None) -> dict:
     """Run steps [start, max_steps); returns {'final_dir', 'last_metrics', 'start_step'}.
 
     model: the module whose weights are checkpointed (unwrapped inside);
     ddp_module: the DDP/FSDP wrapper used in compute_loss (for no_sync), if any;
-    training_modules: training-only modules (aux heads, probes) checkpointed and resumed with the run."""
+    training_modules: training-only modules (aux heads, probes) checkpointed and resumed with the run;
+    grad_sync: called once per step after the last backward, before clipping (a stage whose loss
+    bypasses the DDP wrapper averages its gradients over ranks there)."""
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_resume(cfg.resume, out_dir)
@@ -100,11 +103,13 @@ def train_loop(cfg: LoopConfig, env: DistEnv, model: torch.nn.Module, optimizer:
                 (loss / cfg.grad_accum).backward()
             for k, v in {"loss": float(loss.detach()), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        if grad_sync is not None:
+            grad_sync()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        row = {k: env.mean(v) for k, v in sums.items()}
+        row = env.mean_dict(sums)
         row.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
         row["lr"] = optimizer.param_groups[0]["lr"]
         if grad_norm is not None:

@@ -48,6 +48,41 @@ def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
     return stage
 
 
+def run_cached_stage(stage: dict, section: str) -> None:
+    """A cached stage (align, cached_sft, polish): in this process, or with `cached_ranks: N`
+    (N > 1) as N one-thread gloo processes (torch.distributed.run) that split each step's batch
+    (`batch_size` is the whole step's; each rank takes batch_size / N rows) and the new frame sets.
+    A cached step is many small ops, which two cores run faster as two one-thread processes than
+    as one two-thread process (docs/training_results.md); the rows of a step are the same, the
+    sums are taken in another order, so the weights differ within float rounding."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from training.cached_sft import run_cached_sft
+
+    ranks = int(stage.get("cached_ranks", 1))
+    if ranks <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # already one of several processes
+        run_cached_sft(stage, section=section)
+        return
+    block = dict(stage.get(section, {}))
+    batch = int(block.get("batch_size", 16))
+    if batch % ranks:
+        raise ValueError(f"{section}.batch_size {batch} does not split over cached_ranks {ranks}")
+    sub = {**stage, section: {**block, "batch_size": batch // ranks}, "cached_section": section, "cached_ranks": 1}
+    out = Path(stage["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stage.yaml").write_text(yaml.safe_dump(sub, sort_keys=False))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+           "-m", "training.cli", "cached-sft", "--config", str(out / "stage.yaml")]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{section}: the {ranks} cached-SFT processes failed (exit {proc.returncode}; "
+                           f"their config: {out / 'stage.yaml'})")
+
+
 def _done(out: Path, name: str) -> bool:
     return (out / name / "final" / "config.json").is_file()
 
@@ -291,7 +326,6 @@ def run_polish(cfg: dict, out: Path, init: str, data_root: Path, force: bool) ->
     model's own geometry picks (training/model_picks.py; the node's path without a depth camera).
     Its settings are cached_sft's with the `polish` block on top; it reads the SFT stage's feature
     store (the head does not change the cached tokens). Returns the final checkpoint dir."""
-    from training.cached_sft import run_cached_sft
     from training.model_picks import write_picks
 
     pcfg = dict(cfg["polish"])
@@ -304,7 +338,7 @@ def run_polish(cfg: dict, out: Path, init: str, data_root: Path, force: bool) ->
                          "space_aware_share": float(pcfg.pop("space_aware_share", 0.5))}
         stage["polish"] = deep_update(cfg.get("cached_sft", {}), pcfg)
         stage.setdefault("feature_store", str(out / "feature_store"))  # the SFT stage's store
-        run_cached_sft(stage, section="polish")
+        run_cached_stage(stage, "polish")
     return str(out / "polish" / "final")
 
 
@@ -328,16 +362,14 @@ def run_default(cfg: dict) -> dict:
             run_semantic(_stage_cfg(cfg, "semantic", out, init))
         init = str(out / "semantic" / "final")
     if cfg.get("align", {}).get("enabled", False):  # cached SFT on grounding questions only (alignment)
-        from training.cached_sft import run_cached_sft
         if force or not _done(out, "align"):
-            run_cached_sft(_stage_cfg(cfg, "align", out, init), section="align")
+            run_cached_stage(_stage_cfg(cfg, "align", out, init), "align")
         init = str(out / "align" / "final")
     sft_stage = "cached_sft" if cfg.get("cached_sft", {}).get("enabled", False) else "sft"
     if sft_stage == "cached_sft" or cfg.get("sft", {}).get("enabled", True):  # sft.enabled: false skips it
         if force or not _done(out, sft_stage):
             if sft_stage == "cached_sft":  # frozen encoders, SFT on cached visual tokens
-                from training.cached_sft import run_cached_sft
-                run_cached_sft(_stage_cfg(cfg, "cached_sft", out, init))
+                run_cached_stage(_stage_cfg(cfg, "cached_sft", out, init), "cached_sft")
             else:
                 run_sft(_stage_cfg(cfg, "sft", out, init))
         init = str(out / sft_stage / "final")

@@ -113,6 +113,7 @@ def choose_frames(n: int, k: int, mode: str = "uniform", rec: dict | None = None
 
 
 _VOXEL_CACHE: dict[tuple, list] = {}
+_SENSOR_PICKS: dict[tuple, list[int]] = {}
 _PICKS: dict[str, dict] = {}
 
 
@@ -153,10 +154,12 @@ def _sensor_space_aware(rec: dict, data_cfg: dict, k: int) -> list[int] | None:
         return None
     cand = candidate_indices(len(idx))
     key = (str(scene), tuple(idx[c] for c in cand))
-    if key not in _VOXEL_CACHE:
-        _VOXEL_CACHE[key] = sensor_frame_voxels(scene, [idx[c] for c in cand])
-    result = space_aware_sample(_VOXEL_CACHE[key], k)
-    return sorted(cand[i] for i in result.indices)
+    if (key, k) not in _SENSOR_PICKS:  # a video's dozens of questions share one greedy pick
+        if key not in _VOXEL_CACHE:
+            _VOXEL_CACHE[key] = sensor_frame_voxels(scene, [idx[c] for c in cand])
+        result = space_aware_sample(_VOXEL_CACHE[key], k)
+        _SENSOR_PICKS[(key, k)] = sorted(cand[i] for i in result.indices)
+    return list(_SENSOR_PICKS[(key, k)])
 
 
 def read_frames(paths: Sequence[Path]) -> np.ndarray:

@@ -139,6 +139,20 @@ class DistEnv:
         return float(t.item()) / self.world_size
 
 
+    def mean_dict(self, values: dict[str, float]) -> dict[str, float]:
+        """Average each metric over the ranks that logged it this step (ranks may log different
+        keys, e.g. an auxiliary loss whose targets only one rank's rows had), in two collectives."""
+        if not self.distributed:
+            return {k: float(v) for k, v in values.items()}
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, sorted(values))
+        keys = sorted(set().union(*gathered))
+        t = torch.tensor([[float(values.get(k, 0.0)), float(k in values)] for k in keys], dtype=torch.float64)
+        if t.numel():
+            dist.all_reduce(t)
+        return {k: float(t[i, 0] / t[i, 1]) for i, k in enumerate(keys)}
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group torchrun/accelerate set up (gloo on CPU, nccl on CUDA)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -58,6 +58,43 @@ def test_cached_forward_equals_the_pixel_forward(setup):
     assert metrics["answer_tokens"] == float((mixed["labels"] != -100).sum())
 
 
+def test_stacked_encoding_is_bit_identical_to_one_set_at_a_time(setup):
+    from training.qa_records import choose_frames, frame_paths
+
+    model, assets = _model(setup)
+    dcfg = {"root": setup["data"], "num_frames": 4, "frame_sampling": "mixed"}
+    recs = load_qa_records(dcfg, "train")
+    one = VisualFeatureCache(model, ExampleEncoder(model, assets, dcfg))
+    keys = list(dict.fromkeys(one.frame_key(r) for r in recs))
+    for r in recs:  # the per-video path memo gives the keys built from scratch
+        paths = frame_paths(r, dcfg)
+        assert one.frame_key(r) == tuple(str(paths[i]) for i in choose_frames(len(paths), 4, "mixed", r, dcfg))
+    assert len({len(k) for k in keys}) > 1 and len(keys) > 6  # MultiSPA pairs and 4-frame videos
+    for k in keys:
+        one.visual(k)
+    many = VisualFeatureCache(model, ExampleEncoder(model, assets, dcfg))
+    model.train()
+    passes = []
+    assert many.encode_many(keys + keys[:2], batch_size=3, on_batch=passes.append) == len(keys)
+    assert not model.training  # encoders run in eval mode, as visual() runs them
+    assert sum(passes) == len(keys) and max(passes) == 3
+    for k in keys:
+        for name in ("video", "spatial", "grid", "second_per_grid_ts"):
+            assert torch.equal(one.features[k][name], many.features[k][name]), (k, name)
+        assert many.features[k]["video"].untyped_storage().nbytes() == many.features[k]["video"].nbytes
+    assert many.encode_many(keys) == 0
+
+    class Edited(VisualFeatureCache):  # as the oracle probe's cache: tokens edited in visual()
+        def visual(self, key):
+            if key not in self.features:
+                super().visual(key)["video"] += 1.0
+            return self.features[key]
+
+    edited = Edited(model, ExampleEncoder(model, assets, dcfg))
+    assert edited.encode_many(keys[:3]) == 3
+    assert all(torch.equal(edited.features[k]["video"], one.features[k]["video"] + 1.0) for k in keys[:3])
+
+
 def test_shuffled_frames_come_from_another_scene_with_the_same_frame_count(setup):
     model, assets = _model(setup)
     dcfg = {"root": setup["data"], "num_frames": 4}
