@@ -13,7 +13,8 @@ without it `--scenes` rooms are rendered first), the same frame sets encoded
 alternating round by round in one process after a warm-up, and checks that both give
 bit-identical tokens, separately for each frame count of the split (8-frame videos, 2-frame
 grounding questions, 1-2-frame MultiSPA pairs). It also times building every record's frame key
-with the per-video memo (candidate paths, sensor-depth picks) against building each anew. Writes
+with the cache's per-video memo of candidate paths against building each record's paths anew
+(both read the sensor-depth space-aware picks, which qa_records memoises per video). Writes
 benchmarks/results/feature_encode.json (median ms per set of each way and count, their ratio, the key times).
 """
 from __future__ import annotations

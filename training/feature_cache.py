@@ -90,7 +90,7 @@ class VisualFeatureCache:
         encoder pass; returns how many were encoded. Each set's tokens are bit-identical to
         encoding it alone (tests/training/test_feature_cache.py): frames of different sets never
         attend to each other, and stacking only amortises the per-op cost of a tiny encoder
-        (8 sets per pass: 0.36-0.64 of the time per set on a 2-core CPU, benchmarks/bench_feature_encode.py).
+        (8 sets per pass: 0.36-0.65 of the time per set on a 2-core CPU, benchmarks/bench_feature_encode.py).
         on_batch(n) is called after each pass with the number of sets it encoded."""
         todo = [k for k in dict.fromkeys(keys) if k not in self.features]
         if type(self).visual is not VisualFeatureCache.visual:  # a subclass edits tokens there: keep its path
@@ -105,34 +105,39 @@ class VisualFeatureCache:
         by_count: dict[int, list[tuple]] = {}
         for k in todo:
             by_count.setdefault(len(k), []).append(k)
-        done = 0
+        step = max(1, batch_size)
         for group in by_count.values():
-            for start in range(0, len(group), max(1, batch_size)):
-                chunk = group[start:start + max(1, batch_size)]
+            for start in range(0, len(group), step):
+                chunk = group[start:start + step]
                 self._encode_stack(chunk)
-                if (done + len(chunk)) // 64 > done // 64:
-                    release_free_heap()
-                done += len(chunk)
                 if on_batch is not None:
                     on_batch(len(chunk))
-        return done
+        return len(todo)
 
     def _encode_stack(self, keys: list[tuple]) -> None:
-        """One 2D-tower pass and one aggregator pass over the stacked frame sets of `keys` (same
-        frame count and size); stores each set's {video, spatial, grid, second_per_grid_ts}."""
+        """One 2D-tower pass and one aggregator pass per frame size over the stacked frame sets of
+        `keys`; stores each set's {video, spatial, grid, second_per_grid_ts}."""
+        cached_before = len(self.features)
+        by_size: dict[tuple, list[tuple[tuple, dict]]] = {}
+        for key in keys:
+            inp = self.encoder.runtime.prepare_inputs(list(read_frames([Path(p) for p in key])), "x")
+            by_size.setdefault(tuple(inp["spatial_pixel_values"].shape), []).append((key, inp))
+        for sets in by_size.values():
+            self._encode_inputs(sets)
+        if len(self.features) // 64 > cached_before // 64:  # every 64 entries, as one by one did
+            release_free_heap()
+
+    def _encode_inputs(self, sets: list[tuple[tuple, dict]]) -> None:
+        """(key, prepared inputs) pairs of one frame size -> self.features[key]."""
         model = self.model
-        inputs = [self.encoder.runtime.prepare_inputs(list(read_frames([Path(p) for p in k])), "x") for k in keys]
-        if len({tuple(i["spatial_pixel_values"].shape) for i in inputs}) > 1:  # frames of other sizes: one by one
-            for key in keys:
-                self._encode_stack([key])
-            return
+        inputs = [inp for _, inp in sets]
         grids = torch.cat([i["video_grid_thw"] for i in inputs])                              # [B, 3]
         video = model.video_embeds(torch.cat([i["pixel_values_videos"] for i in inputs]), grids)  # [sum N, H]
         feats, start = model.spatial_features(torch.cat([i["spatial_pixel_values"] for i in inputs]))  # [B, S', P, 2C]
         tp, merge = model.connector.temporal_patch_size, model.connector.spatial_merge_size
         patches = pad_frames_to_multiple(feats[:, :, start:], tp, dim=1)
         offset = 0
-        for b, (key, inp) in enumerate(zip(keys, inputs)):
+        for b, (key, inp) in enumerate(sets):
             t, gh, gw = (int(v) for v in inp["video_grid_thw"][0].tolist())
             n = t * gh * gw // merge ** 2
             spatial = pack_spatial_tokens(patches[b:b + 1], gh, gw, tp, merge)
@@ -144,8 +149,6 @@ class VisualFeatureCache:
             offset += n
         if offset != video.shape[0]:
             raise RuntimeError(f"2D tower returned {video.shape[0]} tokens for {offset} expected")
-        if len(keys) == 1 and len(self.features) % 64 == 0:
-            release_free_heap()
 
     # -- text -----------------------------------------------------------------------------------
     def record_tokens(self, rec: dict, num_video_tokens: int, with_answer: bool = True) -> dict:

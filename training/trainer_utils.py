@@ -130,15 +130,6 @@ class DistEnv:
         if self.distributed:
             dist.barrier()
 
-    def mean(self, value: float) -> float:
-        """Average a python float over ranks (for logging)."""
-        if not self.distributed:
-            return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
-
-
     def mean_dict(self, values: dict[str, float]) -> dict[str, float]:
         """Average each metric over the ranks that logged it this step (ranks may log different
         keys, e.g. an auxiliary loss whose targets only one rank's rows had), in two collectives."""
@@ -147,7 +138,8 @@ class DistEnv:
         gathered: list = [None] * self.world_size
         dist.all_gather_object(gathered, sorted(values))
         keys = sorted(set().union(*gathered))
-        t = torch.tensor([[float(values.get(k, 0.0)), float(k in values)] for k in keys], dtype=torch.float64)
+        t = torch.tensor([[float(values.get(k, 0.0)), float(k in values)] for k in keys], dtype=torch.float64,
+                         device=self.device if self.device.type == "cuda" else "cpu")  # NCCL reduces CUDA tensors only
         if t.numel():
             dist.all_reduce(t)
         return {k: float(t[i, 0] / t[i, 1]) for i, k in enumerate(keys)}
