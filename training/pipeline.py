@@ -1,7 +1,7 @@
 """The trained default: data -> geometry pre-training -> SFT -> (optional GRPO, polish) -> export ->
 evaluation tables, one command with a fixed seed.
 
-    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~2-2.5 h, 2 CPU cores
+    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~1.5-2 h, 2 CPU cores
     spatial-mllm-train default --config training/configs/tiny_smoke.yaml         # minutes
 
 Steps (each resumable: a finished step is skipped when its `final/` exists, unless force):
@@ -48,13 +48,23 @@ def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
     return stage
 
 
+def rank_threads(ranks: int, cores: Optional[int] = None) -> int:
+    """Threads for each of `ranks` processes on this machine's usable cores, so that no two ranks
+    share a core (two ranks on the 2-core VM: one thread each; on 16 cores: eight)."""
+    import os
+
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, ranks))
+
+
 def run_cached_stage(stage: dict, section: str) -> None:
     """A cached stage (align, cached_sft, polish): in this process, or with `cached_ranks: N`
-    (N > 1) as N one-thread gloo processes (torch.distributed.run) that split each step's batch
-    (`batch_size` is the whole step's; each rank takes batch_size / N rows) and the new frame sets.
-    A cached step is many small ops, which two cores run faster as two one-thread processes than
-    as one two-thread process (docs/training_results.md); the rows of a step are the same, the
-    sums are taken in another order, so the weights differ within float rounding."""
+    (N > 1) as N gloo processes (torch.distributed.run) that split each step's batch (`batch_size`
+    is the whole step's; each rank takes batch_size / N rows) and the new frame sets, each with
+    cores / N threads (one on the 2-core VM). A cached step is many small ops, which two cores run
+    faster as two one-thread processes than as one two-thread process (docs/training_results.md);
+    the rows of a step are the same, the sums are taken in another order, so the weights differ
+    within float rounding."""
     import os
     import subprocess
     import sys
@@ -77,7 +87,7 @@ def run_cached_stage(stage: dict, section: str) -> None:
     (out / "stage.yaml").write_text(yaml.safe_dump(sub, sort_keys=False))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
            "-m", "training.cli", "cached-sft", "--config", str(out / "stage.yaml")]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(rank_threads(ranks))})
     if proc.returncode != 0:
         raise RuntimeError(f"{section}: the {ranks} cached-SFT processes failed (exit {proc.returncode}; "
                            f"their config: {out / 'stage.yaml'})")

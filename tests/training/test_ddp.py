@@ -107,6 +107,13 @@ def test_pipeline_runs_a_cached_stage_as_two_processes_splitting_the_batch(tmp_p
         run_cached_stage({**stage, "align": {**stage["align"], "batch_size": 3}}, "align")
 
 
+def test_cached_ranks_each_get_their_share_of_the_cores():
+    from training.pipeline import rank_threads
+
+    assert [rank_threads(2, 2), rank_threads(2, 16), rank_threads(4, 2), rank_threads(3, 16)] == [1, 8, 1, 5]
+    assert rank_threads(2) >= 1
+
+
 def _mean_dict_worker(rank: int, init_file: str, out_dir: str) -> None:
     import json
 
