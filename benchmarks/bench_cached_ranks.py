@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         stage["cached_ranks"] = ranks
         stage["feature_store"] = args.feature_store or str(work / "feature_store")  # encoded once, by the first way
         torch.set_num_threads(2)
+        os.environ["OMP_NUM_THREADS"] = "2"  # the same two-thread budget for both ways: ranks get 2 // N (rank_threads)
         started = time.perf_counter()
         run_cached_stage(stage, "cached_sft")
         walls[way] = round(time.perf_counter() - started, 1)

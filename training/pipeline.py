@@ -1,7 +1,7 @@
 """The trained default: data -> geometry pre-training -> SFT -> (optional GRPO, polish) -> export ->
 evaluation tables, one command with a fixed seed.
 
-    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~1.5-2 h, 2 CPU cores
+    spatial-mllm-train default --config training/configs/tiny_default.yaml       # ~1.5-2.2 h, 2 CPU cores
     spatial-mllm-train default --config training/configs/tiny_smoke.yaml         # minutes
 
 Steps (each resumable: a finished step is skipped when its `final/` exists, unless force):
@@ -48,12 +48,29 @@ def _stage_cfg(cfg: dict, name: str, out: Path, init: str | None) -> dict:
     return stage
 
 
-def rank_threads(ranks: int, cores: Optional[int] = None) -> int:
-    """Threads for each of `ranks` processes on this machine's usable cores, so that no two ranks
-    share a core (two ranks on the 2-core VM: one thread each; on 16 cores: eight)."""
+def usable_cores() -> int:
+    """The thread budget of this process: OMP_NUM_THREADS when the user set it, else the CPUs it
+    may run on, capped by a cgroup v2 CPU quota (a container started with --cpus 2 on a 64-core
+    host gets 2)."""
     import os
 
-    cores = cores or len(os.sched_getaffinity(0))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def rank_threads(ranks: int, cores: Optional[int] = None) -> int:
+    """Threads for each of `ranks` processes out of `cores` (default: usable_cores()), so that
+    the ranks together use no more threads than there are cores (two ranks on the 2-core VM:
+    one thread each; on 16 cores: eight; at least one)."""
+    cores = cores or usable_cores()
     return max(1, cores // max(1, ranks))
 
 
@@ -61,7 +78,7 @@ def run_cached_stage(stage: dict, section: str) -> None:
     """A cached stage (align, cached_sft, polish): in this process, or with `cached_ranks: N`
     (N > 1) as N gloo processes (torch.distributed.run) that split each step's batch (`batch_size`
     is the whole step's; each rank takes batch_size / N rows) and the new frame sets, each with
-    cores / N threads (one on the 2-core VM). A cached step is many small ops, which two cores run
+    rank_threads(N) threads (one on the 2-core VM). A cached step is many small ops, which two cores run
     faster as two one-thread processes than as one two-thread process (docs/training_results.md);
     the rows of a step are the same, the sums are taken in another order, so the weights differ
     within float rounding."""

@@ -114,6 +114,15 @@ def test_cached_ranks_each_get_their_share_of_the_cores():
     assert rank_threads(2) >= 1
 
 
+def test_a_thread_budget_set_by_the_user_is_split_between_the_ranks(monkeypatch):
+    from training.pipeline import rank_threads, usable_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert usable_cores() == 6 and rank_threads(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert usable_cores() >= 1
+
+
 def _mean_dict_worker(rank: int, init_file: str, out_dir: str) -> None:
     import json
 
