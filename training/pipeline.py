@@ -255,21 +255,46 @@ def macro(summary: dict) -> dict:
             "all_tasks": sum(t["score"] for t in tasks.values()) / len(tasks) if tasks else None}
 
 
-def run_eval(model_dir: Path, data_root: Path, out: Path, ecfg: dict) -> dict:
-    from training.data.dataset import read_jsonl
-    from training.eval.tables import write_tables
+def _evaluate_argv(argv: list, threads: int = 0) -> dict:
+    """One evaluation (training/evaluate.py) from its command line; threads > 0 pins torch's."""
+    import torch
+
     from training.evaluate import _parser, evaluate
 
+    if threads:
+        torch.set_num_threads(threads)
+    return evaluate(_parser().parse_args(argv))["summary"]
+
+
+def run_eval(model_dir: Path, data_root: Path, out: Path, ecfg: dict) -> dict:
+    """Each sampler of `ecfg.samplings` scored on the split, then the answer-prior baseline. With
+    two or more cores the samplers run side by side, one process each with rank_threads(N)
+    threads (greedy decoding of independent questions: many small ops, like a cached step);
+    `eval.parallel: false` runs them one after the other in this process."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from training.data.dataset import read_jsonl
+    from training.eval.tables import write_tables
+
     split = ecfg.get("split", "test")
-    results = {}
-    for sampling in ecfg.get("samplings", ["uniform", "space_aware"]):
+    samplings = list(ecfg.get("samplings", ["uniform", "space_aware"]))
+    argvs = {}
+    for sampling in samplings:
         argv = ["--model", str(model_dir), "--data", str(data_root), "--split", split, "--num-frames",
                 str(ecfg.get("num_frames", 8)), "--sampling", sampling, "--out", str(out / sampling), "--no-progress",
                 "--max-new-tokens", str(ecfg.get("max_new_tokens", 12)),
                 "--numeric-answers", str(ecfg.get("numeric_answers", "expected_mra"))]
         if ecfg.get("limit"):
             argv += ["--limit", str(ecfg["limit"])]
-        results[sampling] = evaluate(_parser().parse_args(argv))["summary"]
+        argvs[sampling] = argv
+    if ecfg.get("parallel", True) and len(samplings) > 1 and usable_cores() >= 2:
+        threads = rank_threads(len(samplings))
+        with ProcessPoolExecutor(len(samplings), mp_context=get_context("spawn")) as pool:
+            jobs = {s: pool.submit(_evaluate_argv, argvs[s], threads) for s in samplings}
+            results = {s: job.result() for s, job in jobs.items()}
+    else:
+        results = {s: _evaluate_argv(argvs[s]) for s in samplings}
     test = read_jsonl(data_root / f"{split}.jsonl")[: ecfg.get("limit") or None]
     base = prior_baseline(read_jsonl(data_root / "train.jsonl"), test)
     write_tables(base["summary"], out / "prior_baseline", title=f"{split}: answer-prior baseline")

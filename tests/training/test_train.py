@@ -216,3 +216,44 @@ def test_camera_lr_gives_the_camera_token_and_head_their_own_rate(tmp_path):
     assert all(n.startswith(("aggregator.camera_token", "aggregator.register_token", "camera_head.")) for n in fast)
     assert any(n.startswith("camera_head.") for n in fast)
     assert not any(n.startswith(("aggregator.frame_blocks", "depth_head.")) for n in fast)
+
+
+def test_pipeline_evaluation_side_by_side_scores_as_one_after_the_other(tmp_path, monkeypatch):
+    """run_eval's samplers in two spawned processes (the pipeline's default on two or more cores)
+    give the same per-task scores and prediction files as running them in this process."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from training.data.generate import GenerateConfig, process_scene
+    from training.data.splits import SPLIT_SEED_BASE
+    from training.pipeline import run_eval
+
+    data = tmp_path / "data"
+    gcfg = asdict(GenerateConfig(num_scenes=2, questions_per_scene=12, num_frames=16, width=112, height=84,
+                                 multispa_fraction=0.2, save_depth=True))
+    for split, k in (("train", 0), ("test", 1)):
+        sid = f"{split}_{SPLIT_SEED_BASE[split] + k:08d}"
+        process_scene((str(data), split, SPLIT_SEED_BASE[split] + k, sid, gcfg))
+        (data / f"{split}.jsonl").write_text((data / "scenes" / split / sid / "qa.jsonl").read_text())
+    model = Path(__file__).resolve().parents[2] / "ros2_spatial_mllm" / "assets" / "tiny"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # two cores' budget: one thread per sampler either way
+    ecfg = {"num_frames": 4, "limit": 8, "samplings": ["uniform", "space_aware"], "max_new_tokens": 24}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = run_eval(model, data, tmp_path / "alone", {**ecfg, "parallel": False})
+    finally:
+        torch.set_num_threads(threads)
+    side = run_eval(model, data, tmp_path / "side", ecfg)
+    assert set(side) == {"uniform", "space_aware", "prior_baseline"}
+    for sampling in ("uniform", "space_aware"):
+        assert side[sampling]["tasks"] == alone[sampling]["tasks"]
+        def replies(run):
+            lines = (tmp_path / run / sampling / "predictions.jsonl").read_text().splitlines()
+            return [(r["id"], r["reply"], r["frames"]) for r in map(json.loads, lines)]
+        assert replies("side") == replies("alone") and len(replies("side")) == 8
+    # the two processes ran different samplers: the whole-video questions got other frames
+    picks = {s: [r["frames"] for r in map(json.loads, (tmp_path / "side" / s / "predictions.jsonl").read_text().splitlines())]
+             for s in ("uniform", "space_aware")}
+    assert picks["uniform"] != picks["space_aware"]
