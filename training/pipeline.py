@@ -288,8 +288,9 @@ def run_eval(model_dir: Path, data_root: Path, out: Path, ecfg: dict) -> dict:
         if ecfg.get("limit"):
             argv += ["--limit", str(ecfg["limit"])]
         argvs[sampling] = argv
-    if ecfg.get("parallel", True) and len(samplings) > 1 and usable_cores() >= 2:
-        threads = rank_threads(len(samplings))
+    cores = usable_cores()
+    if ecfg.get("parallel", True) and len(samplings) > 1 and cores >= 2:
+        threads = rank_threads(len(samplings), cores)
         with ProcessPoolExecutor(len(samplings), mp_context=get_context("spawn")) as pool:
             jobs = {s: pool.submit(_evaluate_argv, argvs[s], threads) for s in samplings}
             results = {s: job.result() for s, job in jobs.items()}

@@ -247,13 +247,14 @@ def test_pipeline_evaluation_side_by_side_scores_as_one_after_the_other(tmp_path
         torch.set_num_threads(threads)
     side = run_eval(model, data, tmp_path / "side", ecfg)
     assert set(side) == {"uniform", "space_aware", "prior_baseline"}
+
+    def replies(run, sampling):   # [(id, reply, frames)] in file order
+        lines = (tmp_path / run / sampling / "predictions.jsonl").read_text().splitlines()
+        return [(r["id"], r["reply"], r["frames"]) for r in map(json.loads, lines)]
+
     for sampling in ("uniform", "space_aware"):
         assert side[sampling]["tasks"] == alone[sampling]["tasks"]
-        def replies(run):
-            lines = (tmp_path / run / sampling / "predictions.jsonl").read_text().splitlines()
-            return [(r["id"], r["reply"], r["frames"]) for r in map(json.loads, lines)]
-        assert replies("side") == replies("alone") and len(replies("side")) == 8
+        assert replies("side", sampling) == replies("alone", sampling) and len(replies("side", sampling)) == 8
     # the two processes ran different samplers: the whole-video questions got other frames
-    picks = {s: [r["frames"] for r in map(json.loads, (tmp_path / "side" / s / "predictions.jsonl").read_text().splitlines())]
-             for s in ("uniform", "space_aware")}
+    picks = {s: [frames for _, _, frames in replies("side", s)] for s in ("uniform", "space_aware")}
     assert picks["uniform"] != picks["space_aware"]
