@@ -24,8 +24,9 @@ def build_model(model_cfg: dict):
                 "assets" (the weights shipped in the assets dir), or a checkpoint directory.
     model.preset: tiny | official; model.assets_dir: tokenizer/processor files (default: the
     package's assets/tiny for the tiny preset, else the init checkpoint); model.llm_overrides:
-    text_config fields (e.g. {num_hidden_layers: 4}) for a fresh LLM on a checkpoint's trained
-    encoders, applied only where the checkpoint's LLM differs; model.llm_grow_to: D, a trained
+    text_config fields (e.g. {num_hidden_layers: 4}, or a wider hidden_size: the frozen 2D
+    merger's output is then mapped isometrically into it, _resize_llm) for a fresh LLM on a
+    checkpoint's trained encoders, applied only where the checkpoint's LLM differs; model.llm_grow_to: D, a trained
     LLM (checkpoint or assets) of fewer layers grown to D, every trained weight kept (grow_llm;
     a checkpoint already D deep is kept as it is, so later stages of a run do not grow it
     again, and llm_overrides is not applied to it); model.fresh_llm: true gives a checkpoint's
@@ -75,20 +76,48 @@ def build_model(model_cfg: dict):
 
 
 def _resize_llm(model, overrides: dict, seed: int):
-    """A fresh LLM + connector with text_config `overrides` (e.g. num_hidden_layers) on the
-    trained encoders of `model` (2D tower and spatial encoder copied; the width must stay, as
-    the 2D merger projects to it)."""
+    """A fresh LLM + connector with text_config `overrides` (e.g. num_hidden_layers, or a wider
+    hidden_size) on the trained encoders of `model` (2D tower and spatial encoder copied).
+
+    A wider LLM keeps the frozen 2D merger's function: its last layer (W [H, 4C], b [H]) becomes
+    (Q W, Q b) with Q [H', H] a seeded matrix of orthonormal columns, so the merged tokens are
+    the trained ones written isometrically into H' of the wider stream (the LLM's first
+    projections are linear, so nothing the old tokens told it is lost; the other H' - H
+    directions are the LLM's own). The exported model is an ordinary one whose merger projects
+    to H' (no extra module to fold)."""
     from ros2_spatial_mllm.model.presets import build_model as build_preset
 
-    if int(overrides.get("hidden_size", model.config.text_config.hidden_size)) != model.config.text_config.hidden_size:
-        raise ValueError("model.llm_overrides cannot change hidden_size (the 2D merger projects to it)")
-    fresh = build_preset(_llm_config(model, overrides), seed=seed)
+    old_width = int(model.config.text_config.hidden_size)
+    width = int(overrides.get("hidden_size", old_width))
+    if width < old_width:
+        raise ValueError(f"model.llm_overrides: hidden_size {width} < {old_width} (a narrower LLM would drop "
+                         "what the frozen 2D merger writes)")
+    config = _llm_config(model, overrides)
+    config.vision_config.out_hidden_size = width
+    fresh = build_preset(config, seed=seed)
     keep = {k: v for k, v in model.state_dict().items() if k.startswith(("model.visual.", "spatial_encoder."))}
     missing = [k for k in keep if k not in fresh.state_dict()]
     if missing:
         raise RuntimeError(f"model.llm_overrides: encoder keys not found in the resized model: {missing[:3]}")
+    if width != old_width:
+        keep.update(_widened_merger_output(model, width, seed))
     fresh.load_state_dict(keep, strict=False)
     return fresh
+
+
+def _widened_merger_output(model, width: int, seed: int) -> dict:
+    """{name: tensor} of the 2D merger's last linear layer mapped into `width` dimensions by a
+    seeded [width, H] matrix with orthonormal columns (norms and angles of tokens kept)."""
+    last = model.model.visual.merger.mlp[-1]  # Linear(4C -> H)
+    old_width = last.weight.shape[0]
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    q, _ = torch.linalg.qr(torch.randn(width, old_width, generator=gen, dtype=torch.float64))  # [H', H]
+    q = q.to(last.weight.dtype)
+    prefix = next(n for n, m in model.named_modules() if m is last)
+    out = {f"{prefix}.weight": q @ last.weight.detach()}                                     # [H', 4C]
+    if last.bias is not None:
+        out[f"{prefix}.bias"] = q @ last.bias.detach()                                       # [H']
+    return out
 
 
 def _llm_config(model, text_fields: dict):

@@ -106,3 +106,39 @@ def test_fresh_llm_on_shipped_encoders_only_in_the_first_stage(tmp_path):
     cfg = {"model": {"init": str(TINY_ASSETS_DIR), "fresh_llm": True}, "align": {}, "cached_sft": {}}
     assert _stage_cfg(cfg, "align", tmp_path, str(TINY_ASSETS_DIR))["model"]["fresh_llm"] is True
     assert "fresh_llm" not in _stage_cfg(cfg, "cached_sft", tmp_path, str(tmp_path / "align" / "final"))["model"]
+
+
+def test_wider_llm_keeps_what_the_frozen_2d_merger_writes(tmp_path):
+    """llm_overrides.hidden_size on trained encoders: the merger's output becomes an isometric
+    image of the trained one (norms and inner products of the tokens equal), the spatial encoder
+    and the rest of the 2D tower stay bit-equal, and the wider model saves and loads as an
+    ordinary checkpoint; a narrower LLM is refused."""
+    import pytest
+
+    from ros2_spatial_mllm.model.checkpoint import load_checkpoint
+    from training.checkpointing import save_model_files
+
+    base, _ = build_model({"init": str(TINY_ASSETS_DIR)})
+    wide_sizes = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 4}
+    wide, assets = build_model({"init": str(TINY_ASSETS_DIR), "llm_overrides": wide_sizes, "seed": 3})
+    assert wide.config.text_config.hidden_size == 128 and wide.config.vision_config.out_hidden_size == 128
+    old, new = base.state_dict(), wide.state_dict()
+    merger_out = "model.visual.merger.mlp.2."
+    for name, tensor in new.items():
+        if name.startswith(("model.visual.", "spatial_encoder.")) and not name.startswith(merger_out):
+            assert torch.equal(tensor, old[name]), name
+    pixels = torch.rand(2 * 2 * 6 * 8, old["model.visual.patch_embed.proj.weight"][0].numel())
+    grid = torch.tensor([[2, 6, 8]] * 2)
+    with torch.no_grad():
+        narrow_tokens = base.video_embeds(pixels, grid)  # [N, 64]
+        wide_tokens = wide.video_embeds(pixels, grid)    # [N, 128]
+    assert wide_tokens.shape == (narrow_tokens.shape[0], 128)
+    torch.testing.assert_close(wide_tokens @ wide_tokens.T, narrow_tokens @ narrow_tokens.T, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(wide_tokens[:, :64], narrow_tokens, atol=1e-3)  # rotated, not padded
+    save_model_files(wide, tmp_path / "wide", assets)
+    loaded, report = load_checkpoint(tmp_path / "wide")
+    assert report.ok, report.summary()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, new[name]), name
+    with pytest.raises(ValueError, match="hidden_size 32 < 64"):
+        build_model({"init": str(TINY_ASSETS_DIR), "llm_overrides": {"hidden_size": 32}})
