@@ -181,6 +181,7 @@ def ask(args: argparse.Namespace) -> dict:
     import torch
 
     from ros2_spatial_mllm.inference import SpatialMLLM
+    from ros2_spatial_mllm.sampling import window_slots
 
     try:
         torch.device(args.device)
@@ -221,8 +222,9 @@ def ask(args: argparse.Namespace) -> dict:
             timings.update(geometry=0.0, voxelize=0.0, pick=(time.perf_counter() - lap) * 1000.0)
         timings["sampling"] = timings["geometry"] + timings["voxelize"] + timings["pick"]
         chosen = clip.subset(selection.indices)
+        slots = window_slots(chosen.timestamps, clip.timestamps[0], clip.timestamps[-1])
         result = model.answer(list(chosen.frames), args.question, args.options,
-                              max_new_tokens=args.max_new_tokens)
+                              max_new_tokens=args.max_new_tokens, frame_slots=slots)
         info = model.info
     finally:
         model.close()

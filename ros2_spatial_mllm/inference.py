@@ -209,11 +209,15 @@ class SpatialMLLM:
 
     # ---- preprocessing --------------------------------------------------------------------
 
-    def prepare_inputs(self, frames: Sequence[np.ndarray], prompt: str) -> dict:
+    def prepare_inputs(self, frames: Sequence[np.ndarray], prompt: str,
+                       frame_slots: Optional[Sequence[float]] = None) -> dict:
         """Frames + user prompt -> tensors on the model device, pixels in the model's dtype
-        (model.processing.video_chat_inputs gives the keys and shapes)."""
+        (model.processing.video_chat_inputs gives the keys and shapes). frame_slots (each frame's
+        place in its sampling window, `sampling.window_slots`) set the mRoPE temporal ids
+        when the model was trained with `frame_time_positions`; other models ignore them."""
+        timed = frame_slots is not None and bool(getattr(self.model.config, "frame_time_positions", False))
         inputs = video_chat_inputs(self.tokenizer, self.processing, self.model.config.video_token_id, frames, prompt,
-                                   self.fps)
+                                   self.fps, slots=frame_slots if timed else None)
         dtype = next(self.model.parameters()).dtype
         pixels = ("pixel_values_videos", "spatial_pixel_values")
         return {key: value.to(self.device, dtype) if key in pixels else value.to(self.device)
@@ -225,7 +229,8 @@ class SpatialMLLM:
     def answer(self, frames: Sequence[np.ndarray], question: str, options: Optional[Sequence[str]] = None,
                max_new_tokens: int = 32, on_token: Optional[Callable[[str], None]] = None,
                should_stop: Optional[Callable[[], bool]] = None, temperature: float = 0.0, top_p: float = 1.0,
-               seed: Optional[int] = None, search_deadline: Optional[float] = None) -> QueryResult:
+               seed: Optional[int] = None, search_deadline: Optional[float] = None,
+               frame_slots: Optional[Sequence[float]] = None) -> QueryResult:
         """Answer `question` about `frames` (HxWx3 uint8 RGB). Greedy unless temperature > 0; a
         greedy reply that is one bare number is then re-chosen by `numeric_answers` (module docstring).
         search_deadline (time.monotonic() seconds): the number search does not start a step it
@@ -234,15 +239,16 @@ class SpatialMLLM:
         on_token(piece) gets each new piece of text as it is decoded (a lone number's pieces once
         it has ended); should_stop() is polled before the encoders run, between tokens and between
         the number search's steps, and True ends generation with cancelled=True.
+        frame_slots: where each frame lies in the window it was picked from (`prepare_inputs`).
         Thread-safe: concurrent calls run one after the other (predict_geometry is not blocked)."""
         if not question or not question.strip():
             raise ValueError("empty question")
         with self._answer_lock:
             return self._answer(frames, question, options, max_new_tokens, on_token, should_stop, temperature,
-                                top_p, seed, search_deadline)
+                                top_p, seed, search_deadline, frame_slots)
 
     def _answer(self, frames, question, options, max_new_tokens, on_token, should_stop, temperature, top_p,
-                seed, search_deadline) -> QueryResult:
+                seed, search_deadline, frame_slots=None) -> QueryResult:
         model = self._require_model()
         timings = {key: 0.0 for key in TIMING_KEYS}
         start = _now = time.perf_counter()
@@ -254,7 +260,7 @@ class SpatialMLLM:
             timings[key] += (now - _now) * 1000.0
             _now = now
 
-        inputs = self.prepare_inputs(frames, build_prompt(question, options))
+        inputs = self.prepare_inputs(frames, build_prompt(question, options), frame_slots)
         lap("preprocess")
         stop = should_stop or (lambda: False)
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None

@@ -31,7 +31,7 @@ import numpy as np
 
 from ros2_spatial_mllm.buffer import FrameBuffer
 from ros2_spatial_mllm.parsing import parse_answer
-from ros2_spatial_mllm.sampling.window import select_frames  # re-exported: callers import it from here
+from ros2_spatial_mllm.sampling.window import select_frames, window_slots  # select_frames re-exported: callers import it from here
 from ros2_spatial_mllm.query_types import (  # re-exported: callers import them from here
     LATENCY_KEYS, MODEL_TIMING_KEYS, SAMPLING_MODES, EngineConfig, ErrorCode, ModelState, QueryRequest,
     QueryResponse, error_response, validate_request,
@@ -353,10 +353,12 @@ class QueryEngine:
                 return error_response(ErrorCode.CANCELLED if handle.cancel_requested else ErrorCode.TIMEOUT, "stopped")
             while True:
                 try:
+                    # where the picks lie in the window (read by a model trained with frame_time_positions)
+                    slots = window_slots([f.stamp_ns for f in picked], frames[0].stamp_ns, frames[-1].stamp_ns)
                     result = model.answer([np.ascontiguousarray(f.rgb) for f in picked], request.question,
                                           list(request.options) or None, max_new_tokens=request.max_new_tokens,
                                           on_token=on_token, should_stop=handle.should_stop,
-                                          search_deadline=handle.deadline - SEARCH_MARGIN_S)
+                                          search_deadline=handle.deadline - SEARCH_MARGIN_S, frame_slots=slots)
                     break
                 except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
                     if not is_out_of_memory(exc):

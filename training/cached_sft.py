@@ -12,10 +12,11 @@ connector + LLM, so the same CPU hour sees many times more questions than end-to
 the spatial encoder, semantic pre-training of the 2D tower); the saved checkpoints are ordinary
 Spatial-MLLM checkpoints (the frozen encoders are copied through unchanged).
 
-Every `eval_every` steps it logs the frame signal on a fixed slice of the validation split
-(answer loss with the true frames vs another scene's frames, training/frame_signal.py) as
-`val_loss_true`, `val_loss_shuffled`, `val_gap` in metrics.csv, and writes the last per-task table
-to signal.json / signal.md.
+Every `eval_every` steps (and at the last) it measures the frame signal on a fixed slice of the
+validation split (answer loss with the true frames vs another scene's frames,
+training/frame_signal.py): the whole history of those points (loss_true, loss_shuffled, gap) and
+the last per-task table go to signal.json, the last table to signal.md, one line each to the
+progress log; metrics.csv holds the training steps only.
 """
 from __future__ import annotations
 

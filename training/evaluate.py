@@ -121,6 +121,7 @@ def evaluate(args) -> Dict:
     from tqdm import tqdm
 
     from ros2_spatial_mllm.inference import SpatialMLLM
+    from ros2_spatial_mllm.sampling.window import window_slots
     from training.data.dataset import record_extra
     from training.eval.scorer import aggregate, score_record
     from training.eval.tables import write_tables
@@ -140,11 +141,14 @@ def evaluate(args) -> Dict:
     scored, t0 = [], time.perf_counter()
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as pred_file:
         for row in tqdm(rows, desc=f"eval {args.split}", unit="q", disable=args.no_progress):
-            indices = row["frame_indices"]
+            indices, slots = row["frame_indices"], None
             if row.get("family", "vsibench") == "vsibench":
-                indices = selector.select(row["frames_path"], indices)
+                window = list(indices)
+                indices = selector.select(row["frames_path"], window)
+                slots = window_slots([window.index(i) for i in indices], 0, len(window) - 1)
             frames = load_frames(data_dir, row["frames_path"], indices)
-            result = model.answer(frames, row["question"], row.get("options") or None, max_new_tokens=args.max_new_tokens)
+            result = model.answer(frames, row["question"], row.get("options") or None, max_new_tokens=args.max_new_tokens,
+                                  frame_slots=slots)
             record = dict(row, extra=record_extra(row))
             score = score_record(record, result.text)
             item = {"id": row["id"], "task_type": row["task_type"], "family": row.get("family", "vsibench"),

@@ -13,6 +13,8 @@ What is cached per frame set (key = scene frames dir + chosen frame numbers):
     grid    [1, 3]       Qwen's video_grid_thw (t, gh, gw)
 Per record: prompt ids with the video placeholders expanded exactly as inference does
 (`SpatialMLLM.prepare_inputs`), answer ids, labels on the answer only.
+With the model's `frame_time_positions`, a batch's second_per_grid_ts is each set's grid times
+[B, T] from where its frames lie among the question's candidates (as spatial-mllm-eval passes them).
 
 `fused_tokens` rebuilds what `SpatialMLLMForConditionalGeneration.fuse_video` returns, so a model
 trained here is an ordinary checkpoint: `SpatialMLLM.load` / spatial-mllm-eval read it unchanged.
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 
 from ros2_spatial_mllm.model.connector import pack_spatial_tokens, pad_frames_to_multiple
-from ros2_spatial_mllm.model.processing import video_prompt_tokens
+from ros2_spatial_mllm.model.processing import grid_times, video_prompt_tokens
+from ros2_spatial_mllm.sampling.window import window_slots
 from training.model_io import ExampleEncoder
 from training.qa_records import choose_frames, frame_paths, read_frames
 from training.sft import pad_token_rows
@@ -58,6 +61,7 @@ class VisualFeatureCache:
         self.tokens: dict[str, dict] = {}
         self._keys: dict[tuple, tuple] = {}
         self._paths: dict[tuple, tuple[str, ...]] = {}
+        self._slots: dict[tuple, list[float]] = {}  # key -> its frames' places among the candidates
 
     # -- visual features ------------------------------------------------------------------------
     def frame_key(self, rec: dict, sampling: str | None = None) -> tuple:
@@ -74,7 +78,22 @@ class VisualFeatureCache:
             paths = self._paths[video]
             idx = choose_frames(len(paths), self.encoder.k, memo[2], rec, self.encoder.data_cfg)
             self._keys[memo] = tuple(paths[i] for i in idx)
+            self._slots.setdefault(self._keys[memo], window_slots(idx, 0, len(paths) - 1))
         return self._keys[memo]
+
+    def grid_times(self, keys: list[tuple]) -> torch.Tensor:
+        """[B, T_max] mRoPE grid times of the keys' frame sets (`frame_time_positions`); a set of
+        fewer grids (a MultiSPA pair beside 8-frame videos) is padded with NaN, which the model
+        never reads (it takes each video's first T entries, T from its grid)."""
+        missing = [k for k in keys if k not in self._slots]
+        if missing:
+            raise KeyError(f"no frame places for {len(missing)} frame set(s) not chosen by frame_key")
+        runtime = self.encoder.runtime
+        times = [grid_times(self._slots[k], runtime.processing.temporal_patch_size, runtime.fps) for k in keys]
+        out = torch.full((len(times), max(t.numel() for t in times)), float("nan"))
+        for row, t in zip(out, times):
+            row[: t.numel()] = t
+        return out
 
     @torch.no_grad()
     def visual(self, key: tuple) -> dict:
@@ -177,9 +196,11 @@ class VisualFeatureCache:
         vis = [self.visual(k) for k in keys]
         merge = self.model.connector.spatial_merge_size ** 2
         toks = [self.record_tokens(r, int(v["grid"].prod()) // merge, with_answer) for r, v in zip(recs, vis)]
+        timed = bool(getattr(self.model.config, "frame_time_positions", False))
         return {**pad_token_rows(toks, self.encoder.pad_id),
                 "video_grid_thw": torch.cat([v["grid"] for v in vis]),
-                "second_per_grid_ts": torch.cat([v["second_per_grid_ts"] for v in vis]),
+                "second_per_grid_ts": (self.grid_times(keys) if timed
+                                       else torch.cat([v["second_per_grid_ts"] for v in vis])),
                 "video": torch.cat([v["video"] for v in vis]), "spatial": torch.cat([v["spatial"] for v in vis])}
 
 

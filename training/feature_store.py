@@ -53,7 +53,8 @@ def encoder_fingerprint(model: torch.nn.Module, video_cfg: object = None, tokens
     # the LLM's own config does not change what the encoders compute (an LLM of another depth
     # reads the same cached features)
     neutral = TOKEN_NEUTRAL_CONFIG if tokens_only else {}
-    encoders = {k: v for k, v in _public(config.to_dict(), neutral).items() if k != "text_config"} if config is not None else {}
+    encoders = {k: v for k, v in _public(config.to_dict(), neutral).items()
+                if k not in ("text_config", "frame_time_positions")} if config is not None else {}
     h.update(json.dumps(encoders, sort_keys=True, default=str).encode())
     h.update(repr(video_cfg).encode())  # a dataclass: its repr lists every field
     return h.hexdigest()

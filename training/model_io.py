@@ -32,7 +32,17 @@ def build_model(model_cfg: dict):
     again, and llm_overrides is not applied to it); model.fresh_llm: true gives a checkpoint's
     trained encoders a fresh, seeded LLM + connector even where its LLM already has the
     llm_overrides sizes (rerun the language stages on shipped encoders); model.spatial_overrides:
-    VGGTConfig.tiny fields (e.g. {embed_dim: 128}) of a randomly initialised tiny preset."""
+    VGGTConfig.tiny fields (e.g. {embed_dim: 128}) of a randomly initialised tiny preset;
+    model.frame_time_positions: true/false sets that config flag (mRoPE temporal ids from the frames'
+    places in their window; absent: the checkpoint's own), saved with every checkpoint after."""
+    model, assets = _load_or_build(model_cfg)
+    if model_cfg.get("frame_time_positions") is not None:
+        model.config.frame_time_positions = bool(model_cfg["frame_time_positions"])
+    return model, assets
+
+
+def _load_or_build(model_cfg: dict):
+    """build_model without the config flags set on top."""
     from ros2_spatial_mllm.model.checkpoint import load_checkpoint, load_config
     from ros2_spatial_mllm.model.presets import TINY_ASSETS_DIR, tiny_config
     from ros2_spatial_mllm.model.presets import build_model as build_preset
@@ -110,6 +120,7 @@ def _widened_merger_output(model, width: int, seed: int) -> dict:
     seeded [width, H] matrix with orthonormal columns (norms and angles of tokens kept)."""
     last = model.model.visual.merger.mlp[-1]  # Linear(4C -> H)
     old_width = last.weight.shape[0]
+    # its own stream: the fresh LLM is initialised from `seed` too, and Q must not repeat its draws
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     q, _ = torch.linalg.qr(torch.randn(width, old_width, generator=gen, dtype=torch.float64))  # [H', H]
     q = q.to(last.weight.dtype)

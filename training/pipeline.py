@@ -376,7 +376,8 @@ def _redo_if_stale(out: Path, name: str, init: str, force: bool) -> bool:
 def run_polish(cfg: dict, out: Path, init: str, data_root: Path, force: bool) -> str:
     """The polish stage: cached SFT continued from the finished model (its pair-pose head
     included), with `polish.space_aware_share` of the whole-video questions on the frames that
-    model's own geometry picks (training/model_picks.py; the node's path without a depth camera).
+    model's own geometry picks (training/model_picks.py; the node's path without a depth camera);
+    `polish.frame_time_positions` sets that model flag for this stage and the model it exports.
     Its settings are cached_sft's with the `polish` block on top; it reads the SFT stage's feature
     store (the head does not change the cached tokens). Returns the final checkpoint dir."""
     from training.model_picks import write_picks
@@ -389,6 +390,8 @@ def run_polish(cfg: dict, out: Path, init: str, data_root: Path, force: bool) ->
         stage = _stage_cfg(cfg, "polish", out, init)
         stage["data"] = {**stage.get("data", {}), "space_aware_picks": str(picks),
                          "space_aware_share": float(pcfg.pop("space_aware_share", 0.5))}
+        if "frame_time_positions" in pcfg:  # from this stage on (the exported model keeps the flag)
+            stage["model"] = {**stage.get("model", {}), "frame_time_positions": bool(pcfg.pop("frame_time_positions"))}
         stage["polish"] = deep_update(cfg.get("cached_sft", {}), pcfg)
         stage.setdefault("feature_store", str(out / "feature_store"))  # the SFT stage's store
         run_cached_stage(stage, "polish")

@@ -8,6 +8,9 @@
   `config.json` builds a VGGT-1B. Our own checkpoints store every `VGGTConfig` field.
 * `connector_config` (plain dict): `connector_type` ("mlp_add") and `spatial_embeds_layer_idx`
   (which aggregator layer feeds the connector, -1 = last).
+* `frame_time_positions` (bool, default False as in the reference): when True, the sampled
+  frames' places in their window set the video tokens' mRoPE temporal ids (`processing.grid_times`),
+  so unevenly spaced picks keep their gaps; False gives every K frames the ids of evenly spaced ones.
 
 Both round-trip through `config.json` (`save_pretrained` / `from_pretrained` / `from_dict`).
 """
@@ -57,6 +60,7 @@ class SpatialMLLMConfig(Qwen2_5_VLConfig):
 
     spatial_config: dict | PreTrainedConfig | None = None
     connector_config: dict | None = None
+    frame_time_positions: bool = False
 
     def __post_init__(self, **kwargs):
         connector = dict(DEFAULT_CONNECTOR_CONFIG)

@@ -31,6 +31,7 @@ __all__ = [
     "patchify_video",
     "frames_from_pixel_values_videos",
     "video_chat_inputs",
+    "grid_times",
 ]
 
 CLIP_MEAN: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -190,14 +191,35 @@ def video_prompt_tokens(tokenizer, prompt: str, num_video_tokens: int, video_tok
     return text, ids, mm_types
 
 
+def grid_times(slots: Sequence[float], temporal_patch_size: int, fps: float) -> torch.Tensor:
+    """Each temporal grid's time in seconds [T] from its frames' slots (`sampling.window_slots`).
+
+    Qwen2.5-VL puts grid t of an evenly sampled video at t * temporal_patch_size / fps seconds
+    (mRoPE temporal id = that time * tokens_per_second). Here grid t sits at the mean slot of its
+    frames, shifted so that slots 0..K-1 give exactly those times; unevenly spaced frames (space-aware
+    picks) get times that keep their gaps. Frames are padded to the temporal patch like the pixels
+    (the last one repeated)."""
+    if len(slots) == 0:
+        raise ValueError("no frame slots given")
+    tp = int(temporal_patch_size)
+    padded = list(slots) + [slots[-1]] * (-len(slots) % tp)
+    grids = torch.tensor(padded, dtype=torch.float64).view(-1, tp).mean(dim=1)  # [T]
+    return ((grids - (tp - 1) / 2.0) / fps).clamp(min=0.0).float()
+
+
 def video_chat_inputs(tokenizer, config: VideoProcessingConfig, video_token_id: int,
-                      frames: Sequence[np.ndarray], prompt: str, fps: float) -> dict:
+                      frames: Sequence[np.ndarray], prompt: str, fps: float,
+                      slots: Sequence[float] | None = None) -> dict:
     """Frames (HxWx3 uint8 RGB) + user prompt -> the model's CPU inputs, float32 pixels:
     input_ids/attention_mask/mm_token_type_ids [1, L], pixel_values_videos [t*gh*gw, 3*2*14*14],
     video_grid_thw [1, 3], second_per_grid_ts [1], spatial_pixel_values [1, S, 3, H, W] in [0, 1].
-    The prompt's tokens come from ``video_prompt_tokens``; fps sets the mRoPE time spacing."""
+    The prompt's tokens come from ``video_prompt_tokens``; fps sets the mRoPE time spacing.
+    With `slots` (`sampling.window_slots`, one per frame) second_per_grid_ts is instead each grid's time,
+    [1, T] (`grid_times`; the model's `frame_time_positions`)."""
     if len(frames) == 0:
         raise ValueError("no frames given")
+    if slots is not None and len(slots) != len(frames):
+        raise ValueError(f"{len(slots)} frame slots for {len(frames)} frames")
     resized = resize_frames(frames, config)  # [S, 3, H, W]
     pixel_values, grid_thw = patchify_video(resized, config)
     t, gh, gw = grid_thw[0].tolist()
@@ -206,5 +228,6 @@ def video_chat_inputs(tokenizer, config: VideoProcessingConfig, video_token_id: 
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
                 mm_token_type_ids=torch.tensor([mm_types], dtype=torch.int32),
                 pixel_values_videos=pixel_values, video_grid_thw=grid_thw,
-                second_per_grid_ts=torch.tensor([config.temporal_patch_size / fps]),
+                second_per_grid_ts=(torch.tensor([config.temporal_patch_size / fps]) if slots is None
+                                    else grid_times(slots, config.temporal_patch_size, fps)[None]),
                 spatial_pixel_values=resized[None])

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .config import SpatialMLLMConfig, vggt_config_from_spatial_config
@@ -28,6 +29,31 @@ from .processing import frames_from_pixel_values_videos
 from .spatial_encoder import SpatialEncoder
 
 __all__ = ["SpatialMLLMForConditionalGeneration"]
+
+
+class _GridTimedQwenModel(Qwen2_5_VLModel):
+    """Qwen2.5-VL's inner model, whose video tokens may take per-grid times.
+
+    Qwen's `get_rope_index` multiplies each video's `second_per_grid_ts` entry by
+    tokens_per_second and hands it here as `time_interval`: a scalar spaces the T grids evenly
+    (ids t * interval, Qwen's rule). A row of a [num_videos, T_max] `second_per_grid_ts` (each grid's
+    time in seconds, `processing.grid_times`) arrives as a [T_max] tensor of temporal ids instead;
+    a video of T < T_max grids reads the first T (a batch of videos of several lengths pads the rest)."""
+
+    def get_vision_position_ids(self, start_position, grid_thw, temp_merge_size=1, spatial_merge_size=1,
+                                time_interval=1.0, device=None):
+        if not (isinstance(time_interval, torch.Tensor) and time_interval.dim() == 1):
+            return super().get_vision_position_ids(start_position, grid_thw, temp_merge_size, spatial_merge_size,
+                                                   time_interval, device)
+        t = int(grid_thw[0]) // temp_merge_size
+        h, w = int(grid_thw[1]) // spatial_merge_size, int(grid_thw[2]) // spatial_merge_size
+        if time_interval.numel() < t or not torch.isfinite(time_interval[:t]).all():
+            raise ValueError(f"{time_interval.numel()} grid times for {t} temporal grids (need {t} finite)")
+        temporal = time_interval[:t].to(device).round().long() + start_position  # [T]
+        rows = torch.arange(h, device=device) + start_position
+        cols = torch.arange(w, device=device) + start_position
+        grid = torch.meshgrid(temporal, rows, cols, indexing="ij")  # 3 x [T, h, w], tokens in (t, h, w) order
+        return torch.stack(grid, dim=0).reshape(3, -1)
 
 
 class SpatialMLLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
@@ -42,6 +68,8 @@ class SpatialMLLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def __init__(self, config: SpatialMLLMConfig):
         super().__init__(config)
+        if type(self.model) is Qwen2_5_VLModel:  # same tensors; only the video positions' rule grows
+            self.model.__class__ = _GridTimedQwenModel
         vggt_config = vggt_config_from_spatial_config(config.spatial_config)
         self.spatial_encoder = SpatialEncoder(vggt_config, layer_idx=config.spatial_embeds_layer_idx)
         # keep VGGT's own initialisation: mark it initialised for transformers' post_init

@@ -37,7 +37,7 @@ from ros2_spatial_mllm.sampling.space_aware import (
     reference_voxel_size,
     space_aware_sample,
 )
-from ros2_spatial_mllm.sampling.window import select_frames
+from ros2_spatial_mllm.sampling.window import select_frames, window_slots
 from ros2_spatial_mllm.sampling.voxels import FrameVoxels, coarsen_keys, pack_keys, sorted_unique, unpack_keys
 
 __all__ = [
@@ -62,4 +62,5 @@ __all__ = [
     "select_frames",
     "uniform_sample",
     "unpack_keys",
+    "window_slots",
 ]

@@ -5,11 +5,25 @@ worker (one per frame, None where its geometry is missing).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, List, Sequence
 
 
 from ros2_spatial_mllm.sampling.greedy import candidate_indices, uniform_sample
 from ros2_spatial_mllm.sampling.space_aware import space_aware_sample
+
+
+def window_slots(picked: Sequence[float], first: float, last: float) -> List[float]:
+    """Where each picked frame lies in the window it was sampled from, in uniform-sample slots:
+    the window's first frame at 0, its last at K-1 (K = len(picked)). `picked`, `first` and
+    `last` are frame numbers or timestamps; K frames spread evenly over the window land on
+    0, 1, ..., K-1, so `grid_times` (model.processing) gives them the temporal positions of evenly spaced frames."""
+    k = len(picked)
+    if k == 0:
+        raise ValueError("no frames picked")
+    span = float(last) - float(first)
+    if span <= 0 or k == 1:
+        return [float(i) for i in range(k)]  # a window of one instant: frames in their order
+    return [(float(p) - float(first)) / span * (k - 1) for p in picked]
 
 
 def select_frames(frames: Sequence[Any], k: int, mode: str, voxel_sets: Sequence[Any] | None = None,

@@ -13,6 +13,7 @@ import torch
 from ros2_spatial_mllm.bag import synthetic
 from ros2_spatial_mllm.buffer import Frame, FrameBuffer
 from ros2_spatial_mllm.geometry_worker import GeometryWorker
+from ros2_spatial_mllm.sampling import window_slots
 from ros2_spatial_mllm.query_engine import (
     LATENCY_KEYS, EngineConfig, ErrorCode, ModelState, QueryEngine, QueryRequest, select_frames,
     validate_request,
@@ -291,10 +292,11 @@ class _MemoryLimitedModel:
     whenever it is given more than `limit` frames (what a GPU does past its memory)."""
 
     def __init__(self, model, limit):
-        self.model, self.limit, self.calls = model, limit, []
+        self.model, self.limit, self.calls, self.slots = model, limit, [], []
 
     def answer(self, frames, *args, **kwargs):
         self.calls.append(len(frames))
+        self.slots.append(kwargs.get("frame_slots"))
         if len(frames) > self.limit:
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {len(frames)} frames)")
         return self.model.answer(frames, *args, **kwargs)
@@ -319,6 +321,10 @@ def test_out_of_memory_retries_with_fewer_frames_then_errors(model, scene_frames
     if code == ErrorCode.OK:
         assert len(out.frame_stamps_ns) == 2 and "answered from 2 of 8 frames" in out.message
         assert out.frame_stamps_ns == sorted(out.frame_stamps_ns)
+        # each try tells the model where its frames lie in the window (frame_time_positions)
+        window = (scene_frames[0].stamp_ns, scene_frames[-1].stamp_ns)
+        assert limited.slots[-1] == window_slots(out.frame_stamps_ns, *window)
+        assert len(limited.slots[0]) == 8 and limited.slots[0][0] == 0.0 and limited.slots[0][-1] == 7.0
     else:
         assert "out of memory with 2 frame(s)" in out.message
 

@@ -427,3 +427,50 @@ def test_cached_replies_answer_numbers_as_the_product_does(setup):
     assert sum(a != b for a, b in zip(searched, greedy)) >= 1  # the search changed some number
     with pytest.raises(ValueError):
         decoded_replies(model, cache, recs[:1], keys[:1], numeric_answers="mean")
+
+
+def test_frame_time_positions_give_each_set_its_frames_places(setup):
+    """With the flag a cached batch carries each set's grid times, taken from where its frames lie
+    among the question's candidates, and the cached forward still equals the pixel forward."""
+    from ros2_spatial_mllm.model.processing import grid_times
+    from ros2_spatial_mllm.sampling import window_slots
+    from training.qa_records import choose_frames, frame_paths
+
+    model, assets = build_model({"init": "random", "assets_dir": setup["assets"], "frame_time_positions": True})
+    assert model.config.frame_time_positions is True
+    model.eval()
+    dcfg = {"root": setup["data"], "num_frames": 4, "frame_sampling": "mixed", "space_aware_share": 0.5}
+    recs = [r for r in load_qa_records(dcfg, "train") if r.get("family") != "multispa"]
+    enc = ExampleEncoder(model, assets, dcfg)
+    cache = VisualFeatureCache(model, enc)
+    batch = cache.batch(recs[:6])
+    assert batch["second_per_grid_ts"].shape == (6, 2)
+    uneven = 0
+    for rec, times in zip(recs[:6], batch["second_per_grid_ts"]):
+        n = len(frame_paths(rec, dcfg))
+        idx = choose_frames(n, 4, "mixed", rec, dcfg)
+        assert torch.equal(times, grid_times(window_slots(idx, 0, n - 1), 2, enc.runtime.fps))
+        uneven += idx != choose_frames(n, 4, "uniform", rec, dcfg)
+    assert uneven > 0  # some sets are space-aware picks, whose times are not the even ones
+    with torch.no_grad():
+        rec = recs[0]
+        ref_batch = collate([enc.encode_sft(rec)], enc.pad_id)
+        ref_batch["second_per_grid_ts"] = cache.batch([rec])["second_per_grid_ts"]
+        ref = model(**{k: v for k, v in ref_batch.items() if k != "labels"}, use_cache=False).logits
+        assert torch.allclose(cached_forward(model, cache.batch([rec])), ref, atol=1e-5)
+        # a MultiSPA pair (one grid) beside a 4-frame video (two): the short row is padded, and
+        # each row still reads as it does alone
+        pair = next(r for r in load_qa_records(dcfg, "train") if r.get("family") == "multispa")
+        mixed = cache.batch([pair, rec])
+        assert mixed["second_per_grid_ts"].shape == (2, 2) and mixed["second_per_grid_ts"][0, 1].isnan()
+        together = cached_forward(model, mixed)
+        for i, one in enumerate((pair, rec)):
+            alone = cached_forward(model, cache.batch([one]))
+            assert torch.allclose(together[i, : alone.shape[1]], alone[0], atol=1e-5)
+    with pytest.raises(KeyError, match="frame_key"):
+        cache.grid_times([("never/chosen.jpg",)])
+    from training.feature_store import encoder_fingerprint
+
+    timed = encoder_fingerprint(model)
+    model.config.frame_time_positions = False
+    assert encoder_fingerprint(model) == timed  # the flag changes no cached token: stores are shared

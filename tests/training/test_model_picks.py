@@ -79,7 +79,8 @@ def test_polish_stage_continues_on_its_own_picks_and_keeps_the_encoders(engine, 
     cfg = load_config("training/configs/polish_tiny.yaml", [
         f"output_dir={out}", f"data.root={engine}", "data.num_frames=4", "data.grounding=null",
         f"model.init={TINY_ASSETS_DIR}", "export.dir=", "polish.max_steps=2", "polish.batch_size=2",
-        "polish.eval_every=0", "polish.save_every=0", "polish.log_every=1", "polish.picks_splits=[train]"])
+        "polish.eval_every=0", "polish.save_every=0", "polish.log_every=1", "polish.picks_splits=[train]",
+        "polish.frame_time_positions=true"])
     assert cfg["polish"]["enabled"] and cfg["polish"]["repeat_tasks"] == {"obj_appearance_order": 6}
     result = run_default(cfg)
     final = out / "polish" / "final"
@@ -87,6 +88,7 @@ def test_polish_stage_continues_on_its_own_picks_and_keeps_the_encoders(engine, 
 
     init, _ = build_model({"init": str(TINY_ASSETS_DIR)})
     after, _ = build_model({"init": str(final)})
+    assert after.config.frame_time_positions is True and init.config.frame_time_positions is False
     doc = json.loads((out / "polish" / "model_picks.json").read_text())
     assert doc["num_frames"] == 4 and len(doc["picks"]) == 2
     assert doc["geometry_fingerprint"] == geometry_fingerprint(init) == geometry_fingerprint(after)
