@@ -153,6 +153,7 @@ def evaluate(args) -> Dict:
             score = score_record(record, result.text)
             item = {"id": row["id"], "task_type": row["task_type"], "family": row.get("family", "vsibench"),
                     "reply": result.text, "answer": row["answer"], "score": score, "frames": list(indices),
+                    "frame_slots": None if slots is None else [round(x, 4) for x in slots],
                     "latency_ms": round(result.timings_ms.get("total", 0.0), 1)}
             pred_file.write(json.dumps(item) + "\n")
             scored.append(item)

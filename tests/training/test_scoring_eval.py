@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from ros2_spatial_mllm.sampling import space_aware_sample
+from ros2_spatial_mllm.model.processing import grid_times
+from ros2_spatial_mllm.sampling import space_aware_sample, window_slots
 from training.data.cli import main as data_main
 from training.data.dataset import sensor_frame_voxels
 from training.evaluate import main as eval_main
@@ -31,6 +32,13 @@ def test_eval_two_questions(tiny_dataset, tmp_path, sampling, capsys):
         assert 0.0 <= p["score"] <= 1.0
         if r["family"] == "vsibench":
             assert len(p["frames"]) == 4 and set(p["frames"]) <= set(r["frame_indices"])
+            # where the picks lie among the question's frames (a frame_time_positions model reads it)
+            places = [r["frame_indices"].index(f) for f in p["frames"]]
+            assert p["frame_slots"] == [round(x, 4) for x in window_slots(places, 0, len(r["frame_indices"]) - 1)]
+            if sampling == "uniform":  # truncated linspace picks still get the evenly spaced ids
+                assert (grid_times(p["frame_slots"], 2, 2.0) * 2).round().tolist() == [0.0, 2.0]
+        else:
+            assert p["frame_slots"] is None
             if sampling == "space_aware_sensor":  # the voxel max-coverage picks on the rendered depth + poses
                 ids = r["frame_indices"]
                 voxels = sensor_frame_voxels((tiny_dataset / r["frames_path"]).parent, ids)
