@@ -68,6 +68,14 @@ class SpatialMLLMConfig(Qwen2_5_VLConfig):
         self.connector_config = connector
         super().__post_init__(**kwargs)
 
+    def to_dict(self) -> Dict[str, Any]:
+        out = super().to_dict()
+        if not out.get("frame_time_positions", False):
+            # off is the reference's rule: left out, so config.json (and config_hash) stay as the
+            # official layout and the checkpoints written before the flag existed
+            out.pop("frame_time_positions", None)
+        return out
+
     @property
     def spatial_embeds_layer_idx(self) -> int:
         """Aggregator layer that feeds the connector (-1 = last)."""

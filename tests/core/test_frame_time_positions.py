@@ -101,3 +101,4 @@ def test_flag_round_trips_through_config_json(tmp_path):
     config.save_pretrained(tmp_path)
     assert SpatialMLLMConfig.from_pretrained(tmp_path).frame_time_positions is True
     assert SpatialMLLMConfig().frame_time_positions is False  # an official config.json has no such key
+    assert "frame_time_positions" not in SpatialMLLMConfig().to_dict()  # and off, it writes none
