@@ -37,12 +37,12 @@ def test_eval_two_questions(tiny_dataset, tmp_path, sampling, capsys):
             assert p["frame_slots"] == [round(x, 4) for x in window_slots(places, 0, len(r["frame_indices"]) - 1)]
             if sampling == "uniform":  # truncated linspace picks still get the evenly spaced ids
                 assert (grid_times(p["frame_slots"], 2, 2.0) * 2).round().tolist() == [0.0, 2.0]
-        else:
-            assert p["frame_slots"] is None
             if sampling == "space_aware_sensor":  # the voxel max-coverage picks on the rendered depth + poses
                 ids = r["frame_indices"]
                 voxels = sensor_frame_voxels((tiny_dataset / r["frames_path"]).parent, ids)
                 assert p["frames"] == [ids[i] for i in space_aware_sample(voxels, 4).indices]
+        else:
+            assert p["frame_slots"] is None
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 2 and results["run"]["sampling"] == sampling
     assert (out / "results.png").stat().st_size > 0 and "| task |" in (out / "results.md").read_text()
